@@ -1,0 +1,111 @@
+"""Command line: ``icl-dynamics <command> ...``.
+
+Each command is a ``(configure(parser), run(args) -> int)`` pair registered with :func:`command`. Bad input
+anywhere (arguments, configs, run directories) ends in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from .errors import DivergenceError, UserError
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]):
+    def deco(run: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = (help, configure, run)
+        return run
+
+    return deco
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage too)
+        raise UserError(f"{self.prog}: {message}")
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted config key; the value is parsed as YAML (repeatable)")
+
+
+def _configure_train(p):
+    add_config_args(p)
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in an existing --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command("train", "train the transformer and write a run directory", _configure_train)
+def _train(args) -> int:
+    from .config import load_config
+    from .runner import execute
+
+    cfg = load_config(args.config, args.overrides)
+    result = execute(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    if result.status == "diverged":
+        raise DivergenceError(f"training diverged at step {result.diverged_at} (non-finite update); "
+                              f"the trajectory up to step {result.diverged_at - 1} is kept in {args.out}; "
+                              f"try a smaller train.lr")
+    s = result.trajectory
+    print(f"done: {len(s.steps)} logged steps, final loss {s.loss[-1]:.4g}; run directory {args.out}")
+    return 0
+
+
+def _configure_plot(p):
+    p.add_argument("run_dir", help="a run directory written by 'train'")
+    p.add_argument("--out", help="folder for the figures (default RUN_DIR/figures)")
+    p.add_argument("--steps", type=int, nargs="+", help="steps for the attention heatmaps")
+    p.add_argument("--feature", type=int, help="1-based minor feature for the scores figure (default 2)")
+
+
+@command("plot", "draw the figures of a run directory", _configure_plot)
+def _plot(args) -> int:
+    from .plots import plot_run
+    from .storage import load_run
+
+    run = load_run(args.run_dir)
+    K = len(run.probs)
+    if args.feature is not None and not 1 <= args.feature <= K:
+        raise UserError(f"--feature must be between 1 and K={K}, got {args.feature}")
+    if args.steps and any(s < 0 for s in args.steps):
+        raise UserError("--steps must be >= 0")
+    paths = plot_run(run, args.out, args.steps, None if args.feature is None else args.feature - 1)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .commands import load_all
+
+    load_all()
+    parser = _Parser(prog="icl-dynamics", description="In-context learning dynamics of one-layer softmax "
+                     "transformers (Huang, Cheng & Liang, ICML 2024).")
+    parser.add_argument("--version", action="version", version=f"icl-dynamics {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (help, configure, _) in COMMANDS.items():
+        configure(sub.add_parser(name, help=help, description=help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command][2](args)
+    except (UserError, DivergenceError) as e:
+        print(f"icl-dynamics: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("icl-dynamics: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

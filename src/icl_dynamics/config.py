@@ -1,0 +1,194 @@
+"""Run configuration: plain data, validated in one place (pydantic).
+
+A config comes from defaults, then an optional YAML file, then ``--set dotted.key=value`` overrides whose
+values are parsed as YAML. Every problem becomes a :class:`ConfigError` whose message names the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+ProbsSpec = Literal["balanced", "imbalanced", "zipf"] | list[float]
+
+
+class _Strict(BaseModel):
+    # strict: "1" is not an int and 1 is not a bool; extra keys are errors, not silently ignored.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    num_features: int = Field(16, ge=1, description="K, the number of orthonormal features")
+    dim: int | None = Field(None, ge=1, description="d, the token dimension (default: K); must be >= K")
+    prompt_length: int = Field(256, ge=1, description="N, the number of prompt tokens")
+    probs: ProbsSpec = Field("imbalanced", description="balanced | imbalanced | zipf | an explicit list")
+    dominant_prob: float = Field(0.5, gt=0.0, lt=1.0, description="p_1 for 'imbalanced'")
+    zipf_exponent: float = Field(1.0, ge=0.0, description="s in p_k ~ k^-s for 'zipf'")
+
+    @field_validator("probs")
+    @classmethod
+    def _check_list(cls, v: ProbsSpec) -> ProbsSpec:
+        if isinstance(v, list):
+            if any(not math.isfinite(p) or p < 0 for p in v):
+                raise ValueError("probabilities must be finite and >= 0")
+            if abs(sum(v) - 1.0) > 1e-9:
+                raise ValueError(f"probabilities must sum to 1 (they sum to {sum(v):.12g})")
+        return v
+
+    @model_validator(mode="after")
+    def _resolve(self) -> DataConfig:
+        if self.dim is None:
+            object.__setattr__(self, "dim", self.num_features)
+        if self.dim < self.num_features:
+            raise ValueError(f"dim: d={self.dim} must be >= num_features K={self.num_features}")
+        if isinstance(self.probs, list) and len(self.probs) != self.num_features:
+            raise ValueError(f"probs: {len(self.probs)} entries but num_features is {self.num_features}")
+        if self.probs == "imbalanced" and self.num_features < 2:
+            raise ValueError("probs: 'imbalanced' needs num_features >= 2")
+        return self
+
+
+class ModelConfig(_Strict):
+    include_query_in_softmax: bool = Field(False, description="let the query's own column join the softmax")
+    attention: str = Field("softmax", description="a registered attention variant (model.ATTENTION)")
+
+    @field_validator("attention")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .model import ATTENTION
+
+        if v not in ATTENTION:
+            raise ValueError(f"unknown attention '{v}'; known: {', '.join(sorted(ATTENTION))}")
+        return v
+
+
+class TrainConfig(_Strict):
+    engine: Literal["population", "tokens"] = "population"
+    expectation: Literal["exact", "monte_carlo", "mean_field"] = "monte_carlo"
+    count_samples: int = Field(4096, ge=1, description="Monte Carlo count vectors, fixed for the run")
+    batch_size: int = Field(256, ge=1, description="prompts per step (tokens engine)")
+    eval_prompts: int = Field(512, ge=1, description="fixed prompts for tokens-engine metrics, per query feature")
+    lr: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+    steps: int = Field(2000, ge=1)
+    log_every: int | None = Field(None, ge=1, description="None: log-spaced plus linear schedule")
+    max_exact_table: int = Field(2_000_000, ge=1, description="largest count table 'exact' will enumerate")
+
+
+class RunConfig(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eps: float = Field(1e-2, gt=0.0, lt=1.0)
+    seed: int = Field(0, ge=0, lt=2**63)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def hash(self) -> str:
+        """Content hash of the resolved config (stable across runs and machines)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    # union branches show up in loc as e.g. "list[float]" or "literal['a']"; they are not keys.
+    loc = ".".join(str(p) for p in first["loc"] if isinstance(p, str) and p.isidentifier())
+    msg = first["msg"].removeprefix("Value error, ")
+    if m := re.match(r"^(\w+): (.*)$", msg):  # a cross-field check names its own key
+        loc, msg = f"{loc}.{m.group(1)}" if loc else m.group(1), m.group(2)
+    where = f"'{loc}'" if loc else "config"
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key {where}"
+    given = first.get("input")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    return f"invalid value for {where}: {msg}{shown}"
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree['a']['b'] = value`` for ``dotted='a.b'``, creating levels as needed."""
+    keys = dotted.split(".")
+    if any(not k for k in keys):
+        raise ConfigError(f"malformed key '{dotted}'")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"'{k}' in '{dotted}' is a value, not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``'a.b=value'`` and parse the value as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value '{raw}' is not valid YAML ({type(e).__name__})") from None
+    return key, value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file '{path}' cannot be read ({type(e).__name__})") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, not {type(tree).__name__}")
+    return tree
+
+
+def validate(tree: dict[str, Any]) -> RunConfig:
+    """Validate a nested dict into a :class:`RunConfig`; raise :class:`ConfigError` naming the bad key."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config must be a mapping, not {type(tree).__name__}")
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e)) from None
+    except (TypeError, ValueError, OverflowError) as e:  # pragma: no cover - pydantic wraps most
+        raise ConfigError(f"invalid config: {e}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults <- YAML file <- ``--set`` overrides, validated."""
+    tree: dict[str, Any] = read_yaml(path) if path is not None else {}
+    for text in overrides:
+        key, value = parse_override(text)
+        set_dotted(tree, key, value)
+    return validate(tree)
+
+
+def with_overrides(cfg: RunConfig, dotted: dict[str, Any]) -> RunConfig:
+    """A new validated config: ``cfg`` with dotted keys replaced (used by sweeps and reproduce)."""
+    tree = cfg.to_dict()
+    if tree["data"].get("dim") == tree["data"]["num_features"] and "data.num_features" in dotted \
+            and "data.dim" not in dotted:
+        tree["data"]["dim"] = None  # keep d tied to K when only K changes
+    for key, value in dotted.items():
+        set_dotted(tree, key, value)
+    return validate(tree)

@@ -1,0 +1,202 @@
+"""Run directories: atomic writes, manifests, and loading with clear errors.
+
+Layout of a run directory::
+
+    config.yaml        fully resolved config
+    manifest.json      versions, git commit, device, seed, config hash, times
+    trajectory.npz     steps, loss, feature_loss, scores, attention, probs (float64)
+    metrics.parquet    tidy (step, feature, ...) table
+    summary.json       status, final losses, first step with feature_loss <= eps per feature
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from .config import RunConfig, validate
+from .errors import ConfigError, RunDirError
+from .trainer import Trajectory
+
+ARTIFACTS = ("config.yaml", "manifest.json", "trajectory.npz", "metrics.parquet", "summary.json", "phases.json")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+TRAJECTORY_KEYS = ("steps", "loss", "feature_loss", "scores", "attention", "probs")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: readers see old or new, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the user's usual mode
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_parquet(path: str | Path, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
+    """Create ``path``; refuse a non-empty one unless ``overwrite`` (then only our own files are removed)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"--out '{path}' exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise RunDirError(f"--out '{path}' exists and is not empty; pass --overwrite to replace its run")
+        for name in ARTIFACTS:
+            (path / name).unlink(missing_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create run directory '{path}': {e.strerror}") from None
+    return path
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def manifest(cfg: RunConfig, started: float, ended: float) -> dict[str, Any]:
+    import jax
+
+    from . import __version__
+
+    return {
+        "package": "icl-dynamics",
+        "version": __version__,
+        "git_commit": git_commit(),
+        "jax_version": jax.__version__,
+        "python": platform.python_version(),
+        "device": str(jax.devices()[0]),
+        "seed": cfg.seed,
+        "config_hash": cfg.hash(),
+        "started": started,
+        "ended": ended,
+        "wall_time_s": ended - started,
+    }
+
+
+def trajectory_arrays(traj: Trajectory, probs: np.ndarray) -> dict[str, np.ndarray]:
+    out = {k: np.asarray(getattr(traj, k), np.float64) for k in Trajectory._fields}
+    out["probs"] = np.asarray(probs, np.float64)
+    return out
+
+
+def write_config(path: Path, cfg: RunConfig) -> None:
+    atomic_write_text(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+class Run(NamedTuple):
+    """A loaded run directory."""
+
+    path: Path
+    config: RunConfig
+    trajectory: Trajectory
+    probs: np.ndarray
+    summary: dict[str, Any]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"run directory '{path.parent}' has no {path.name}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        raise RunDirError(f"{path} is damaged (not valid JSON)") from None
+    if not isinstance(obj, dict):
+        raise RunDirError(f"{path} is damaged (expected a JSON object)")
+    return obj
+
+
+def load_config_file(run_dir: Path) -> RunConfig:
+    from .config import read_yaml
+
+    p = run_dir / "config.yaml"
+    if not p.is_file():
+        raise RunDirError(f"run directory '{run_dir}' has no config.yaml")
+    try:
+        return validate(read_yaml(p))
+    except ConfigError as e:
+        raise RunDirError(f"{p} is not a valid config for this version: {e}") from None
+
+
+def load_trajectory(run_dir: Path, K: int) -> tuple[Trajectory, np.ndarray]:
+    p = run_dir / "trajectory.npz"
+    if not p.is_file():
+        raise RunDirError(f"run directory '{run_dir}' has no trajectory.npz (was the run finished?)")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in TRAJECTORY_KEYS}
+    except KeyError as e:
+        raise RunDirError(f"{p} lacks array {e}; it is from another version or damaged") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        raise RunDirError(f"{p} is damaged (not a readable .npz)") from None
+    T = arrays["steps"].shape[0] if arrays["steps"].ndim == 1 else -1
+    want = {"steps": (T,), "loss": (T,), "feature_loss": (T, K), "scores": (T, K, K), "attention": (T, K, K),
+            "probs": (K,)}
+    for k, shape in want.items():
+        if T < 1 or arrays[k].shape != shape:
+            raise RunDirError(f"{p}: array '{k}' has shape {arrays[k].shape}, expected {shape} for K={K}")
+    traj = Trajectory(*(arrays[k].astype(np.float64) for k in Trajectory._fields))
+    return traj._replace(steps=arrays["steps"].astype(np.int64)), arrays["probs"]
+
+
+def load_run(path: str | Path) -> Run:
+    """Load a finished run directory, with a one-line :class:`RunDirError` for anything missing or damaged."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"run directory '{path}' does not exist")
+    cfg = load_config_file(path)
+    traj, probs = load_trajectory(path, cfg.data.num_features)
+    summary = _read_json(path / "summary.json") if (path / "summary.json").exists() else {}
+    return Run(path, cfg, traj, probs, summary)
