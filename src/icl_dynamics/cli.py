@@ -36,18 +36,37 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _configure_train(p):
     add_config_args(p)
-    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--out", help="run directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace the run in an existing --out")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an unfinished run from its last checkpoint "
+                   "(with the config stored in RUN_DIR)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 @command("train", "train the transformer and write a run directory", _configure_train)
 def _train(args) -> int:
     from .config import load_config
-    from .runner import execute
+    from .runner import execute, resume
+    from .trainer import Interrupted
 
-    cfg = load_config(args.config, args.overrides)
-    result = execute(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    if args.resume is not None:
+        if args.out is not None or args.config is not None or args.overrides or args.overwrite:
+            raise UserError("--resume takes its config from RUN_DIR; do not combine it with --out, --config, "
+                            "--set or --overwrite")
+        args.out = args.resume
+    elif args.out is None:
+        raise UserError("train needs --out RUN_DIR (or --resume RUN_DIR)")
+    try:
+        if args.resume is not None:
+            result = resume(args.resume, progress=not args.quiet)
+        else:
+            cfg = load_config(args.config, args.overrides)
+            result = execute(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    except Interrupted as e:
+        saved = f"checkpoint saved at step {e.step}; continue with 'icl-dynamics train --resume {args.out}'" \
+            if e.saved else "no checkpoint saved"
+        print(f"icl-dynamics: interrupted ({e}); {saved}", file=sys.stderr)
+        return e.exit_code
     if result.status == "diverged":
         raise DivergenceError(f"training diverged at step {result.diverged_at} (non-finite update); "
                               f"the trajectory up to step {result.diverged_at - 1} is kept in {args.out}; "
@@ -95,12 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str) -> str:
+    """Escape line breaks and other unprintables (user input may carry them) so an error stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command][2](args)
     except (UserError, DivergenceError) as e:
-        print(f"icl-dynamics: error: {e}", file=sys.stderr)
+        print(f"icl-dynamics: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("icl-dynamics: interrupted", file=sys.stderr)

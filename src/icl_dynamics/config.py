@@ -21,6 +21,19 @@ from .errors import ConfigError
 ProbsSpec = Literal["balanced", "imbalanced", "zipf"] | list[float]
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2 floats: PyYAML (YAML 1.1) reads ``1e-3`` as a string."""
+
+
+YamlLoader.add_implicit_resolver(  # copies the resolver table, so yaml.SafeLoader is untouched
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 class _Strict(BaseModel):
     # strict: "1" is not an int and 1 is not a bool; extra keys are errors, not silently ignored.
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
@@ -81,6 +94,8 @@ class TrainConfig(_Strict):
     steps: int = Field(2000, ge=1)
     log_every: int | None = Field(None, ge=1, description="None: log-spaced plus linear schedule")
     max_exact_table: int = Field(2_000_000, ge=1, description="largest count table 'exact' will enumerate")
+    checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (written at the "
+                                         "next chunk boundary); None: every 5% of steps, >= 30 s apart")
 
 
 class RunConfig(_Strict):
@@ -89,6 +104,19 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eps: float = Field(1e-2, gt=0.0, lt=1.0)
     seed: int = Field(0, ge=0, lt=2**63)
+
+    @model_validator(mode="after")
+    def _exact_table_fits(self) -> RunConfig:
+        # refuse here, before a run directory is made, rather than when the engine is built
+        t, d = self.train, self.data
+        if t.engine == "population" and t.expectation == "exact":
+            size = math.comb(d.prompt_length + d.num_features - 1, d.num_features - 1)
+            if size > t.max_exact_table:
+                raise ValueError(
+                    f"train.expectation: 'exact' would enumerate C(N+K-1, K-1) = {size:,} count vectors "
+                    f"(N={d.prompt_length}, K={d.num_features}), over train.max_exact_table="
+                    f"{t.max_exact_table:,}; use train.expectation=monte_carlo")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -104,7 +132,7 @@ def _format_validation_error(err: ValidationError) -> str:
     # union branches show up in loc as e.g. "list[float]" or "literal['a']"; they are not keys.
     loc = ".".join(str(p) for p in first["loc"] if isinstance(p, str) and p.isidentifier())
     msg = first["msg"].removeprefix("Value error, ")
-    if m := re.match(r"^(\w+): (.*)$", msg):  # a cross-field check names its own key
+    if m := re.match(r"^([\w.]+): (.*)$", msg):  # a cross-field check names its own (dotted) key
         loc, msg = f"{loc}.{m.group(1)}" if loc else m.group(1), m.group(2)
     where = f"'{loc}'" if loc else "config"
     if first["type"] == "extra_forbidden":
@@ -135,7 +163,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: value '{raw}' is not valid YAML ({type(e).__name__})") from None
     return key, value
@@ -150,7 +178,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file '{path}' cannot be read ({type(e).__name__})") from None
     try:
-        tree = yaml.safe_load(text)
+        tree = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

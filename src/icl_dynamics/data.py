@@ -125,9 +125,15 @@ def exact_counts(N: int, probs: np.ndarray, max_size: int) -> CountTable:
 
 
 def monte_carlo_counts(key: jax.Array, N: int, probs: jnp.ndarray, samples: int) -> CountTable:
-    """``samples`` i.i.d. Multinomial(N, p) count vectors, equally weighted."""
-    counts = jax.random.multinomial(key, float(N), jnp.asarray(probs), shape=(samples, len(probs)))
-    return CountTable(counts.astype(jnp.float64), jnp.full((samples,), 1.0 / samples, jnp.float64))
+    """``samples`` i.i.d. Multinomial(N, p) count vectors, equally weighted. Host-side (``key`` concrete).
+
+    numpy's sampler, seeded by ``key``: it costs O(samples K) and nothing to compile, where
+    ``jax.random.multinomial`` takes seconds of compilation on every new shape.
+    """
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key), dtype=np.uint32).ravel())
+    p = np.asarray(probs, dtype=np.float64)
+    counts = rng.multinomial(int(N), p / p.sum(), size=int(samples))
+    return CountTable(jnp.asarray(counts, jnp.float64), jnp.full((samples,), 1.0 / samples, jnp.float64))
 
 
 def mean_field_counts(N: int, probs: np.ndarray) -> CountTable:

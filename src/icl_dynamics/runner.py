@@ -1,16 +1,26 @@
-"""One run end to end: config -> engine -> trainer -> observers -> run directory."""
+"""One run end to end: config -> engine -> trainer -> observers -> run directory.
+
+While training, ``checkpoint.npz`` is rewritten every ``checkpoint.interval(cfg)`` steps and on
+SIGINT/SIGTERM; :func:`resume` continues from it. ``summary.json`` always says where the run stands:
+``running``, ``interrupted`` (signal, step), ``failed`` (reason), ``diverged`` or ``completed``.
+"""
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
+from . import checkpoint
 from .config import RunConfig
-from .data import feature_probs
+from .data import feature_probs, setting_name
+from .errors import RunDirError
+from .objectives import build_engine
 from .observers import metrics_table, summarize
-from .storage import (atomic_write_json, manifest, prepare_run_dir, save_npz, save_parquet, trajectory_arrays,
-                      write_config)
-from .trainer import TrainResult, run_training
+from .phases import detect_phases
+from .storage import (read_json, atomic_write_json, load_config_file, manifest, prepare_run_dir,
+                      remove_stale_temps, save_npz, save_parquet, trajectory_arrays, write_config)
+from .trainer import Interrupted, TrainResult, TrainState, fault_step_from_env, log_schedule, train
 
 
 def execute(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> TrainResult:
@@ -18,18 +28,68 @@ def execute(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progres
     interrupted directory never looks finished."""
     out = prepare_run_dir(out, overwrite)
     write_config(out, cfg)
-    atomic_write_json(out / "summary.json", {"status": "running"})
-    started = time.time()
+    return _train_into(cfg, out, progress=progress)
+
+
+def resume(run_dir: str | Path, *, progress: bool = True) -> TrainResult:
+    """Continue the unfinished run in ``run_dir`` from its checkpoint, with the config stored there. The
+    files it ends with equal those of an uninterrupted run. One-line :class:`RunDirError` for a finished,
+    damaged or checkpoint-less directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory '{run_dir}' does not exist")
+    cfg = load_config_file(run_dir)
     try:
-        result = run_training(cfg, progress=progress)
-    except BaseException as e:
-        atomic_write_json(out / "summary.json", {"status": "failed", "reason": f"{type(e).__name__}: {e}"})
+        status = read_json(run_dir / "summary.json").get("status")
+    except RunDirError:
+        status = None  # missing or damaged: the checkpoint decides
+    if status in ("completed", "diverged"):
+        raise RunDirError(f"run directory '{run_dir}' is already finished (status {status}); nothing to resume")
+    checkpoint.require(run_dir)  # before the (possibly slow) engine build
+    engine = build_engine(cfg)
+    start, _ = checkpoint.load(run_dir, cfg, engine, log_schedule(cfg.train.steps, cfg.train.log_every))
+    remove_stale_temps(run_dir)
+    return _train_into(cfg, run_dir, progress=progress, start=start, engine=engine)
+
+
+def _train_into(cfg: RunConfig, out: Path, *, progress: bool, start: TrainState | None = None,
+                engine=None) -> TrainResult:
+    atomic_write_json(out / "summary.json", {"status": "running", **({"resumed_from": start.step} if start else {})})
+    started = time.time()
+    hint = {"resume": f"icl-dynamics train --resume {out}"}
+    try:
+        engine = engine or build_engine(cfg)
+
+        def save(state: TrainState, reason: str) -> None:
+            checkpoint.save(out, cfg, engine, state, reason)
+
+        every, min_seconds = checkpoint.interval(cfg)
+        result = train(engine, log_schedule(cfg.train.steps, cfg.train.log_every), progress=progress,
+                       fault_step=fault_step_from_env(), start=start, checkpoint_every=every,
+                       on_checkpoint=save, min_checkpoint_seconds=min_seconds)
+        _write_outputs(cfg, out, result, started, start)
+    except Interrupted as e:
+        atomic_write_json(out / "summary.json", {"status": "interrupted", "signal": signal.Signals(e.signum).name,
+                                                 "step": e.step, **(hint if e.saved else {})})
         raise
+    except BaseException as e:
+        saved = (out / checkpoint.CHECKPOINT).is_file()
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        atomic_write_json(out / "summary.json", {"status": status, "reason": f"{type(e).__name__}: {e}",
+                                                 **(hint if saved else {})})
+        raise
+    checkpoint.remove(out)  # the run is over; trajectory.npz holds everything
+    return result
+
+
+def _write_outputs(cfg: RunConfig, out: Path, result: TrainResult, started: float,
+                   start: TrainState | None) -> None:
     probs = feature_probs(cfg.data)
     traj = result.trajectory
     save_npz(out / "trajectory.npz", trajectory_arrays(traj, probs))
     save_parquet(out / "metrics.parquet", metrics_table(traj, probs))
+    atomic_write_json(out / "phases.json", detect_phases(traj, probs, cfg.eps, setting_name(cfg.data)))
     extra = {"diverged_at": result.diverged_at} if result.status == "diverged" else {}
     atomic_write_json(out / "summary.json", summarize(traj, cfg.eps, result.status, **extra))
-    atomic_write_json(out / "manifest.json", manifest(cfg, started, time.time()))
-    return result
+    atomic_write_json(out / "manifest.json", manifest(cfg, started, time.time(),
+                                                      **({"resumed_from": start.step} if start else {})))

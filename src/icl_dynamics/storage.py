@@ -7,6 +7,7 @@ Layout of a run directory::
     trajectory.npz     steps, loss, feature_loss, scores, attention, probs (float64)
     metrics.parquet    tidy (step, feature, ...) table
     summary.json       status, final losses, first step with feature_loss <= eps per feature
+    checkpoint.npz     only while a run is unfinished: see checkpoint.py
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from .config import RunConfig, validate
 from .errors import ConfigError, RunDirError
 from .trainer import Trajectory
 
-ARTIFACTS = ("config.yaml", "manifest.json", "trajectory.npz", "metrics.parquet", "summary.json", "phases.json")
+ARTIFACTS = ("config.yaml", "manifest.json", "trajectory.npz", "metrics.parquet", "summary.json", "phases.json",
+             "checkpoint.npz")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 TRAJECTORY_KEYS = ("steps", "loss", "feature_loss", "scores", "attention", "probs")
@@ -69,8 +71,14 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """An uncompressed .npz, as ``np.savez`` writes it but with fixed member timestamps, so equal arrays
+    give byte-identical files (np.savez stamps the current time). Pickled objects are refused."""
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            with zf.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w",
+                         force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -90,11 +98,19 @@ def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
             raise RunDirError(f"--out '{path}' exists and is not empty; pass --overwrite to replace its run")
         for name in ARTIFACTS:
             (path / name).unlink(missing_ok=True)
+        remove_stale_temps(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunDirError(f"cannot create run directory '{path}': {e.strerror}") from None
     return path
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete temporary files that a killed process left behind mid-write (``.NAME.*.tmp``)."""
+    for name in ARTIFACTS:
+        for tmp in path.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def git_commit() -> str | None:
@@ -106,7 +122,7 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def manifest(cfg: RunConfig, started: float, ended: float) -> dict[str, Any]:
+def manifest(cfg: RunConfig, started: float, ended: float, **extra: Any) -> dict[str, Any]:
     import jax
 
     from . import __version__
@@ -123,6 +139,7 @@ def manifest(cfg: RunConfig, started: float, ended: float) -> dict[str, Any]:
         "started": started,
         "ended": ended,
         "wall_time_s": ended - started,
+        **extra,
     }
 
 
@@ -146,7 +163,7 @@ class Run(NamedTuple):
     summary: dict[str, Any]
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         obj = json.loads(path.read_text())
     except FileNotFoundError:
@@ -173,7 +190,9 @@ def load_config_file(run_dir: Path) -> RunConfig:
 def load_trajectory(run_dir: Path, K: int) -> tuple[Trajectory, np.ndarray]:
     p = run_dir / "trajectory.npz"
     if not p.is_file():
-        raise RunDirError(f"run directory '{run_dir}' has no trajectory.npz (was the run finished?)")
+        hint = (f"; resume it with 'icl-dynamics train --resume {run_dir}'" if (run_dir / "checkpoint.npz").is_file()
+                else " (was the run finished?)")
+        raise RunDirError(f"run directory '{run_dir}' has no trajectory.npz{hint}")
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: np.asarray(z[k]) for k in TRAJECTORY_KEYS}
@@ -187,6 +206,8 @@ def load_trajectory(run_dir: Path, K: int) -> tuple[Trajectory, np.ndarray]:
     for k, shape in want.items():
         if T < 1 or arrays[k].shape != shape:
             raise RunDirError(f"{p}: array '{k}' has shape {arrays[k].shape}, expected {shape} for K={K}")
+        if arrays[k].dtype.kind not in "iuf":
+            raise RunDirError(f"{p}: array '{k}' has dtype {arrays[k].dtype}, expected numbers")
     traj = Trajectory(*(arrays[k].astype(np.float64) for k in Trajectory._fields))
     return traj._replace(steps=arrays["steps"].astype(np.int64)), arrays["probs"]
 
@@ -198,5 +219,5 @@ def load_run(path: str | Path) -> Run:
         raise RunDirError(f"run directory '{path}' does not exist")
     cfg = load_config_file(path)
     traj, probs = load_trajectory(path, cfg.data.num_features)
-    summary = _read_json(path / "summary.json") if (path / "summary.json").exists() else {}
+    summary = read_json(path / "summary.json") if (path / "summary.json").exists() else {}
     return Run(path, cfg, traj, probs, summary)

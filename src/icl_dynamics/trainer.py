@@ -7,12 +7,22 @@ N, seed) never recompiles.
 
 Every update is checked for finiteness on the step it happens; a non-finite update stops the run and keeps
 the last finite parameters (status ``diverged``).
+
+Checkpoints and signals live on the host, at chunk boundaries only: after the first boundary past each
+multiple of ``checkpoint_every`` steps, and when SIGINT/SIGTERM arrived during the chunk, ``train`` hands a
+:class:`TrainState` to ``on_checkpoint``. Restarting from that state at the same boundary, with the same
+compiled chunk function, repeats the arithmetic of an uninterrupted run exactly.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import jax
@@ -70,6 +80,27 @@ class TrainResult(NamedTuple):
     diverged_at: int | None  # the step whose update was non-finite
 
 
+class TrainState(NamedTuple):
+    """Training at a chunk boundary: ``index`` schedule rows done (a multiple of CHUNK_ROWS), ``step`` GD
+    steps done (= schedule[index - 1]), ``params`` (numpy pytree) and the ``rows`` logged so far
+    (a Trajectory of ``index`` rows)."""
+
+    index: int
+    step: int
+    params: Any
+    rows: Trajectory
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM arrived; training stopped at a chunk boundary (after saving a checkpoint, if it had
+    somewhere to save one). Exit code 128 + signal number, as a shell reports a signal."""
+
+    def __init__(self, signum: int, step: int, saved: bool):
+        super().__init__(f"{signal.Signals(signum).name} at step {step}")
+        self.signum, self.step, self.saved = signum, step, saved
+        self.exit_code = 128 + signum
+
+
 def _all_finite(tree) -> jnp.ndarray:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
@@ -110,15 +141,57 @@ def _stack(rows: list[tuple[np.ndarray, Metrics]]) -> Trajectory:
     return Trajectory(steps[keep], *(x[keep] for x in m))
 
 
+@contextmanager
+def _deferred_signals(enabled: bool) -> Iterator[list[int]]:
+    """While active, SIGINT/SIGTERM only append their number to the yielded list (the loop acts on it at
+    the next chunk boundary) and restore the previous handler, so a second signal acts at once. Only in
+    the main thread (Python's rule for handlers); elsewhere signals keep their usual effect."""
+    got: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in sigs}
+
+    def handler(signum, frame):
+        got.append(signum)
+        signal.signal(signum, previous[signum])
+
+    for s in sigs:
+        signal.signal(s, handler)
+    try:
+        yield got
+    finally:
+        for s in sigs:
+            signal.signal(s, previous[s])
+
+
 def train(engine: Engine, schedule: np.ndarray, *, progress: bool = True, fault_step: int | None = None,
-          description: str = "train") -> TrainResult:
-    """Run ``engine`` through every step in ``schedule`` (which starts at 0)."""
+          description: str = "train", start: TrainState | None = None, checkpoint_every: int | None = None,
+          on_checkpoint: Callable[[TrainState, str], None] | None = None,
+          min_checkpoint_seconds: float = 0.0) -> TrainResult:
+    """Run ``engine`` through every step in ``schedule`` (which starts at 0).
+
+    ``start`` continues from a saved :class:`TrainState`. With ``on_checkpoint``, the state is handed to
+    it (reason ``"periodic"``) at the first chunk boundary past each multiple of ``checkpoint_every``
+    steps (but not sooner than ``min_checkpoint_seconds`` after the last one), and SIGINT/SIGTERM finish
+    the current chunk, hand it over (reason ``"SIGINT"``/``"SIGTERM"``) and raise :class:`Interrupted`.
+    Between boundaries nothing leaves the device. Where checkpoints fall never changes the numbers.
+    """
     total = int(schedule[-1])
-    params, step, ok = engine.init, 0, True
-    rows = []
-    with progress_bar(progress) as bar:
-        task = bar.add_task(description, total=total)
-        for i in range(0, len(schedule), CHUNK_ROWS):
+    params, step, ok, first, rows = engine.init, 0, True, 0, []
+    if start is not None:
+        params = jax.tree.map(jnp.asarray, start.params)
+        step, first = int(start.step), int(start.index)
+        rows.append((start.rows.steps, Metrics(*(start.rows[1:]))))
+    last_saved, last_time = step, time.monotonic()
+
+    def state(i: int) -> TrainState:
+        return TrainState(i, step, jax.device_get(params), _stack(rows))
+
+    with progress_bar(progress) as bar, _deferred_signals(on_checkpoint is not None) as signals:
+        task = bar.add_task(description, total=total, completed=step)
+        for i in range(first, len(schedule), CHUNK_ROWS):
             chunk = schedule[i: i + CHUNK_ROWS]
             chunk = np.pad(chunk, (0, CHUNK_ROWS - len(chunk)), mode="edge")
             (params, step_arr, ok_arr), (row_steps, metrics) = advance(
@@ -127,14 +200,29 @@ def train(engine: Engine, schedule: np.ndarray, *, progress: bool = True, fault_
             step, ok = int(step_arr), bool(ok_arr)
             rows.append((np.asarray(row_steps), jax.device_get(metrics)))
             bar.update(task, completed=step)
-            if not ok:
+            done = i + CHUNK_ROWS
+            if not ok or done >= len(schedule):
                 break
+            if signals:
+                if on_checkpoint is not None:
+                    on_checkpoint(state(done), signal.Signals(signals[0]).name)
+                raise Interrupted(signals[0], step, on_checkpoint is not None)
+            every = checkpoint_every or 0
+            if on_checkpoint is not None and every and step // every > last_saved // every \
+                    and time.monotonic() - last_time >= min_checkpoint_seconds:
+                on_checkpoint(state(done), "periodic")
+                last_saved, last_time = step, time.monotonic()
     traj = _stack(rows)
     return TrainResult(traj, params, "completed" if ok else "diverged", None if ok else step + 1)
 
 
-def run_training(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
-    """Build the engine for ``cfg`` and train it on its log schedule."""
+def run_training(cfg: RunConfig, *, progress: bool = True, start: TrainState | None = None,
+                 checkpoint_every: int | None = None,
+                 on_checkpoint: Callable[[TrainState, str], None] | None = None,
+                 min_checkpoint_seconds: float = 0.0) -> TrainResult:
+    """Build the engine for ``cfg`` and train it on its log schedule (optionally from ``start``)."""
     engine = build_engine(cfg)
     schedule = log_schedule(cfg.train.steps, cfg.train.log_every)
-    return train(engine, schedule, progress=progress, fault_step=fault_step_from_env())
+    return train(engine, schedule, progress=progress, fault_step=fault_step_from_env(), start=start,
+                 checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint,
+                 min_checkpoint_seconds=min_checkpoint_seconds)

@@ -4,6 +4,12 @@ Each step draws ``batch_size`` prompts (features, tasks w, labels y = <w, x>) wi
 (seed, step), so any step can be replayed without the steps before it. Metrics come from a fixed set of
 evaluation prompts, stratified by query feature (every prompt is evaluated with each v_k as the query),
 with the expectation over w taken exactly: E_w (yhat - <w, x_q>)^2 = ||sum_i a_i x_i - x_q||^2.
+
+Every token is one of the K features, so x_i^T Q x_q = G[f_i, f_q] with G = V^T Q V (K, K), and the
+tokens of one feature share one score. The forward pass therefore sums the query column's attention per
+feature: each prompt reduces to its feature counts (B, K), and the registered attention takes them as
+multiplicities. This is the literal query-column computation regrouped (equal to round-off), at O(B N)
+for counting plus O(B K) instead of O(B N d) per step, and O(P K^2) instead of O(P N d K) per observation.
 """
 
 from __future__ import annotations
@@ -14,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from ..config import RunConfig
-from ..data import feature_matrix, feature_probs, sample_prompts, seed_key
-from ..model import ATTENTION, embed, predict
+from ..data import Prompts, feature_matrix, feature_probs, sample_prompts, seed_key
+from ..model import ATTENTION
 from . import Engine, Metrics, register_engine
 
 
@@ -34,14 +40,34 @@ class TokConsts(NamedTuple):
     eval_feat: jnp.ndarray  # (P, N) feature indices of the evaluation prompts
 
 
+def feature_counts(feat: jnp.ndarray, K: int) -> jnp.ndarray:
+    """(..., N) feature indices -> (..., K) float64 counts of each feature (a scatter-add, O(N))."""
+    flat = feat.reshape(-1, feat.shape[-1])
+    rows = jnp.arange(flat.shape[0])[:, None]
+    counts = jnp.zeros((flat.shape[0], K), jnp.float64).at[rows, flat].add(1.0)
+    return counts.reshape(*feat.shape[:-1], K)
+
+
 def batch_loss(Q, static: TokStatic, c: TokConsts, key):
     """1/2 mean (yhat - <w, x_q>)^2 over a freshly sampled batch."""
-    d = c.V.shape[0]
-    pr = sample_prompts(key, c.probs, static.batch, static.N, d)
-    x = jnp.moveaxis(c.V[:, pr.feat], 0, 1)  # (B, d, N+1)
-    y = jnp.einsum("bdi,bd->bi", x, pr.w)
-    yhat = predict(embed(x, y), Q, static.include_query, static.attention)
-    return 0.5 * jnp.mean((yhat - y[:, -1]) ** 2)
+    return prompts_loss(Q, static, c, sample_prompts(key, c.probs, static.batch, static.N, c.V.shape[0]))
+
+
+def prompts_loss(Q, static: TokStatic, c: TokConsts, pr: Prompts):
+    """1/2 mean (yhat - <w, x_q>)^2 over the prompts ``pr`` (feat (B, N+1), w (B, d)).
+
+    yhat = sum_i y_i a_i over the prompt tokens, grouped by feature: sum_m u_m A_m with u = V^T w (the label
+    of a feature-m token) and A_m the query's total attention on feature-m tokens.
+    """
+    K = c.V.shape[1]
+    G = c.V.T @ Q @ c.V  # G[m, n] = v_m^T Q v_n
+    fq = pr.feat[:, -1]  # query features (B,)
+    counts = feature_counts(pr.feat[:, :-1], K)  # (B, K)
+    u = pr.w @ c.V  # (B, K): y for a token of each feature
+    a = ATTENTION[static.attention](G.T[fq], counts, G[fq, fq], static.include_query)  # (B, K)
+    yhat = jnp.sum(u * a, axis=-1)
+    y_q = jnp.take_along_axis(u, fq[:, None], axis=1)[:, 0]
+    return 0.5 * jnp.mean((yhat - y_q) ** 2)
 
 
 def update(static: TokStatic, c: TokConsts, Q, step):
@@ -50,20 +76,23 @@ def update(static: TokStatic, c: TokConsts, Q, step):
 
 
 def observe(static: TokStatic, c: TokConsts, Q) -> Metrics:
+    """Metrics on the evaluation prompts, each taken with every feature as the query.
+
+    For query k, E_w||sum_i a_i x_i - v_k||^2 = (A - e_k)^T V^T V (A - e_k) with A (K,) the per-feature
+    attention (V^T V = I here, kept so the identity does not depend on it).
+    """
     K = c.probs.shape[0]
-    x = c.V[:, c.eval_feat]  # (d, P, N)
-    onehot = jax.nn.one_hot(c.eval_feat, K, dtype=Q.dtype)  # (P, N, K)
-
-    def one(k):
-        vk = c.V[:, k]
-        logits = jnp.einsum("dpi,de,e->pi", x, Q, vk)  # x_i^T Q v_k
-        a = ATTENTION[static.attention](logits, jnp.ones_like(logits),
-                                        jnp.broadcast_to(vk @ Q @ vk, logits.shape[:1]), static.include_query)
-        resid = jnp.einsum("dpi,pi->pd", x, a) - vk[None, :]
-        return 0.5 * jnp.mean(jnp.sum(resid**2, -1)), jnp.mean(jnp.einsum("pi,pim->pm", a, onehot), 0)
-
-    feature_loss, attention = jax.lax.map(one, jnp.arange(K))
-    scores = (c.V.T @ Q @ c.V).T  # scores[k, n] = v_n^T Q v_k
+    G = c.V.T @ Q @ c.V
+    gram = c.V.T @ c.V
+    counts = feature_counts(c.eval_feat, K)  # (P, K)
+    q_logit = jnp.broadcast_to(jnp.diagonal(G)[:, None], (K, counts.shape[0]))  # (K, P)
+    a = ATTENTION[static.attention](jnp.broadcast_to(G.T[:, None, :], (K, *counts.shape)),
+                                    jnp.broadcast_to(counts, (K, *counts.shape)), q_logit,
+                                    static.include_query)  # (K queries, P, K features)
+    resid = a - jnp.eye(K, dtype=Q.dtype)[:, None, :]
+    feature_loss = 0.5 * jnp.mean(jnp.einsum("kpm,mn,kpn->kp", resid, gram, resid), axis=1)
+    attention = jnp.mean(a, axis=1)
+    scores = G.T  # scores[k, n] = v_n^T Q v_k
     return Metrics(c.probs @ feature_loss, feature_loss, scores, attention)
 
 

@@ -1,0 +1,56 @@
+"""Analysis commands: ``phases RUN_DIR`` and ``reproduce --out DIR``."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from ..cli import command
+
+
+def _configure_phases(p):
+    p.add_argument("run_dir", help="a run directory written by 'train'")
+    p.add_argument("--eps", type=float, help="target per-feature loss (default: the run's eps)")
+
+
+@command("phases", "detect the training phases of a run and write RUN_DIR/phases.json", _configure_phases)
+def _phases(args) -> int:
+    from ..data import setting_name
+    from ..errors import UserError
+    from ..phases import describe, detect_phases
+    from ..storage import atomic_write_json, load_run
+
+    run = load_run(args.run_dir)
+    eps = run.config.eps if args.eps is None else args.eps
+    if not 0 < eps < 1:
+        raise UserError(f"--eps must be in (0, 1), got {eps}")
+    result = detect_phases(run.trajectory, run.probs, eps, setting_name(run.config.data))
+    atomic_write_json(run.path / "phases.json", result)
+    print(describe(result))
+    print(f"wrote {run.path / 'phases.json'}")
+    return 0
+
+
+def _configure_reproduce(p):
+    p.add_argument("--out", required=True, help="folder for the report (report.md, report.html, claims.json)")
+    p.add_argument("--quick", action="store_true", help="smaller settings: the whole pipeline in seconds")
+    p.add_argument("--overwrite", action="store_true", help="replace the report files in an existing --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command("reproduce", "run the paper's experiments and write a report that checks each claim",
+         _configure_reproduce)
+def _reproduce(args) -> int:
+    from ..experiments import FULL, QUICK, run_all
+    from ..report import prepare_output, write_report
+
+    started = time.time()
+    out = prepare_output(args.out, args.overwrite)
+    results = run_all(QUICK if args.quick else FULL, out, progress=not args.quiet)
+    write_report(out, results)
+    claims = json.loads((out / "claims.json").read_text())
+    for c in claims:
+        print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['claim']}")
+    print(f"{sum(c['passed'] for c in claims)}/{len(claims)} claims pass; report: {out / 'report.html'} "
+          f"({time.time() - started:.0f} s)")
+    return 0

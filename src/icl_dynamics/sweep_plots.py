@@ -1,0 +1,187 @@
+"""Sweep figures: phase-diagram heatmaps over two axes, log-log scaling plots over one axis.
+
+Both average over every other varying column (typically the seeds). A cell or point whose runs include one
+with a null value (an event never reached, e.g. ``time_to_eps_minor``) is left out rather than averaged
+over the runs that did reach it, which would bias it low.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import NamedTuple
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from .errors import UserError  # noqa: E402
+
+# names used in the issue text for the same columns
+ALIASES = {"minor_time_to_eps": "time_to_eps_minor", "dominant_time_to_eps": "time_to_eps_dominant"}
+
+
+class PowerLaw(NamedTuple):
+    """value ~ prefactor * x ** exponent, fitted by least squares in log-log; [lo, hi] is the ``level``
+    confidence interval of the exponent (Student t, n - 2 degrees of freedom; NaN when n < 3)."""
+
+    exponent: float
+    lo: float
+    hi: float
+    prefactor: float
+    n: int
+    level: float
+
+
+def fit_power_law(x, y, level: float = 0.95) -> PowerLaw:
+    """Fit log y = a + b log x over points with x > 0, y > 0 (x (n,), y (n,))."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    x, y = x[ok], y[ok]
+    if len(np.unique(x)) < 2:
+        raise UserError("a scaling fit needs positive values at two or more distinct x values")
+    fit = stats.linregress(np.log(x), np.log(y))
+    n = len(x)
+    half = stats.t.ppf(0.5 + level / 2, n - 2) * fit.stderr if n > 2 else np.nan
+    return PowerLaw(float(fit.slope), float(fit.slope - half), float(fit.slope + half), float(np.exp(fit.intercept)),
+                    n, level)
+
+
+def resolve_column(df: pd.DataFrame, name: str, numeric: bool = False) -> str:
+    """``name`` as a column: exact, an alias, or the unique column ending in ``.name``; else UserError."""
+    name = ALIASES.get(name, name)
+    if name not in df.columns:
+        ends = [c for c in df.columns if c.endswith(f".{name}")]
+        if len(ends) != 1:
+            close = difflib.get_close_matches(name, [str(c) for c in df.columns], n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UserError(f"no column '{name}' in the sweep table{hint}")
+        name = ends[0]
+    if numeric and not (pd.api.types.is_numeric_dtype(df[name]) and not pd.api.types.is_bool_dtype(df[name])):
+        if not (df[name].dtype == object and df[name].map(lambda v: v is None or isinstance(v, (int, float))).all()):
+            raise UserError(f"column '{name}' is not numeric")
+    return name
+
+
+def averaged_over(df: pd.DataFrame, axes: list[str], value: str) -> list[str]:
+    """The config columns that vary within a point of ``axes`` (averaged over in the figure). A column tied
+    to an axis (data.dim to data.num_features) does not vary within a point, so it is not listed."""
+    config = [c for c in df.columns if ("." in c or c in ("seed", "eps")) and c not in axes and c != value]
+    keyed = df[config].astype(str).groupby([df[a].astype(str) for a in axes])
+    return [c for c in config if (keyed[c].nunique() > 1).any()]
+
+
+def _log_ticks(axis, values) -> None:
+    """Tick labels at the swept values, as numbers (not 4x10^0)."""
+    axis.set_ticks(values, [f"{v:g}" for v in values])
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _cell_mean(v: pd.Series) -> float:
+    v = pd.to_numeric(v, errors="coerce")
+    return float(v.mean()) if v.notna().all() else np.nan
+
+
+def plot_heatmap(df: pd.DataFrame, x: str, y: str, value: str, out: str | Path) -> Path:
+    """Mean of ``value`` per (x, y) cell as a heatmap; cells with a never-reached run are blank."""
+    grid = df.groupby([y, x])[value].agg(_cell_mean).unstack(x).sort_index().sort_index(axis=1)
+    z = grid.to_numpy(np.float64)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * max(grid.shape[1], 4), 1.2 + 0.5 * max(grid.shape[0], 4)))
+    finite = z[np.isfinite(z)]
+    log = finite.size > 0 and finite.min() > 0 and finite.max() / finite.min() > 10
+    im = ax.imshow(np.ma.masked_invalid(z), origin="lower", aspect="auto", cmap="viridis",
+                   norm=LogNorm() if log else None)
+    ax.set_facecolor("0.85")  # masked = never reached
+    ax.set_xticks(range(grid.shape[1]), [f"{v:g}" if isinstance(v, float) else str(v) for v in grid.columns],
+                  rotation=45 if grid.shape[1] > 8 else 0)
+    ax.set_yticks(range(grid.shape[0]), [f"{v:g}" if isinstance(v, float) else str(v) for v in grid.index])
+    if z.size <= 256:
+        for (i, j), v in np.ndenumerate(z):
+            if np.isfinite(v):  # dark text on the bright end of viridis
+                ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7,
+                        color="k" if im.norm(v) > 0.6 else "w")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    notes = ([f"mean over {', '.join(rest)}"] if (rest := averaged_over(df, [x, y], value)) else []) + \
+        (["grey: not reached / not defined"] if np.isnan(z).any() else [])
+    ax.set_title(value + (f"\n({'; '.join(notes)})" if notes else ""), fontsize=9)
+    fig.colorbar(im, ax=ax, label=value)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_scaling(df: pd.DataFrame, x: str, value: str, out: str | Path, level: float = 0.95) -> tuple[Path, PowerLaw]:
+    """``value`` against ``x`` on log-log axes: every run, the mean per x, and a fitted power law."""
+    xs = pd.to_numeric(df[x], errors="coerce").to_numpy(np.float64)
+    ys = pd.to_numeric(df[value], errors="coerce").to_numpy(np.float64)
+    if np.any(np.isfinite(xs) & (xs <= 0)):
+        raise UserError(f"a log-log plot needs {x} > 0")
+    fit = fit_power_law(xs, ys, level)
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    ok = np.isfinite(xs) & np.isfinite(ys) & (ys > 0)
+    ax.scatter(xs[ok], ys[ok], s=10, alpha=0.35, color="tab:blue", label="runs")
+    ux = np.unique(xs[ok])
+    means = [ys[ok][xs[ok] == u].mean() for u in ux]
+    ax.plot(ux, means, "o", color="tab:blue", ms=6, label="mean per x")
+    grid = np.geomspace(ux.min(), ux.max(), 100)
+    ax.plot(grid, fit.prefactor * grid ** fit.exponent, "k--",
+            label=f"fit: exponent {fit.exponent:.3g} [{fit.lo:.3g}, {fit.hi:.3g}] ({fit.level:.0%} CI)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if len(ux) <= 12:
+        _log_ticks(ax.xaxis, ux)
+    ax.set_xlabel(x)
+    ax.set_ylabel(value)
+    dropped = int((~ok).sum())
+    rest = averaged_over(df, [x], value)
+    notes = ([f"over {', '.join(rest)}"] if rest else []) + ([f"{dropped} runs not reached/<=0 left out"]
+                                                           if dropped else [])
+    ax.set_title(f"{value} vs {x}" + (f"\n({'; '.join(notes)})" if notes else ""), fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out), fit
+
+
+def _save(fig, out: str | Path) -> Path:
+    import io
+
+    from .storage import atomic_write_bytes
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130)
+    plt.close(fig)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+def plot_sweep(sweep_dir: str | Path, x: str, value: str, y: str | None = None,
+               out: str | Path | None = None) -> tuple[Path, PowerLaw | None]:
+    """The heatmap (with ``y``) or the scaling plot (without) of a sweep directory."""
+    from .sweep import load_sweep
+
+    df = load_sweep(sweep_dir)
+    if df.empty:
+        raise UserError(f"sweep '{sweep_dir}' has no finished runs yet")
+    x = resolve_column(df, x)
+    value = resolve_column(df, value, numeric=True)
+    if y is not None:
+        y = resolve_column(df, y)
+        if y == x:
+            raise UserError("--x and --y must be different columns")
+    name = f"{value}_vs_{x}" + (f"_{y}" if y else "") + ".png"
+    out = Path(out) if out else Path(sweep_dir) / "figures" / name
+    if y is not None:
+        return plot_heatmap(df, x, y, value, out), None
+    xs = df[x]
+    if not pd.api.types.is_numeric_dtype(xs) or pd.api.types.is_bool_dtype(xs):
+        raise UserError(f"--x column '{x}' is not numeric; a scaling plot needs a numeric axis")
+    return plot_scaling(df, x, value, out)
