@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-ProbsSpec = Literal["balanced", "imbalanced", "zipf"] | list[float]
+ProbsSpec = str | list[float]  # a name registered in data.PROBS, or explicit probabilities
 
 
 class YamlLoader(yaml.SafeLoader):
@@ -39,18 +39,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
+# Upper bounds are sanity limits: an absurd size gets a clear error here instead of an out-of-memory crash.
 class DataConfig(_Strict):
-    num_features: int = Field(16, ge=1, description="K, the number of orthonormal features")
-    dim: int | None = Field(None, ge=1, description="d, the token dimension (default: K); must be >= K")
-    prompt_length: int = Field(256, ge=1, description="N, the number of prompt tokens")
+    num_features: int = Field(16, ge=1, le=4096, description="K, the number of orthonormal features")
+    dim: int | None = Field(None, ge=1, le=65536, description="d, the token dimension (default: K); must be >= K")
+    prompt_length: int = Field(256, ge=1, le=10**9, description="N, the number of prompt tokens")
     probs: ProbsSpec = Field("imbalanced", description="balanced | imbalanced | zipf | an explicit list")
     dominant_prob: float = Field(0.5, gt=0.0, lt=1.0, description="p_1 for 'imbalanced'")
-    zipf_exponent: float = Field(1.0, ge=0.0, description="s in p_k ~ k^-s for 'zipf'")
+    zipf_exponent: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="s in p_k ~ k^-s for 'zipf'")
+
+    @field_validator("probs", mode="before")
+    @classmethod
+    def _probs_shape(cls, v: Any) -> Any:
+        ok_list = isinstance(v, list) and all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in v)
+        if not (isinstance(v, str) or ok_list):
+            raise ValueError("must be a distribution name (balanced, imbalanced, zipf) or a list of numbers")
+        return [float(p) for p in v] if ok_list else v
 
     @field_validator("probs")
     @classmethod
-    def _check_list(cls, v: ProbsSpec) -> ProbsSpec:
-        if isinstance(v, list):
+    def _check_probs(cls, v: ProbsSpec) -> ProbsSpec:
+        if isinstance(v, str):
+            from .data import PROBS
+
+            if v not in PROBS:
+                raise ValueError(f"unknown distribution {v!r}; known: {', '.join(sorted(PROBS))} or a list")
+        else:
             if any(not math.isfinite(p) or p < 0 for p in v):
                 raise ValueError("probabilities must be finite and >= 0")
             if abs(sum(v) - 1.0) > 1e-9:
@@ -87,11 +101,11 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     engine: Literal["population", "tokens"] = "population"
     expectation: Literal["exact", "monte_carlo", "mean_field"] = "monte_carlo"
-    count_samples: int = Field(4096, ge=1, description="Monte Carlo count vectors, fixed for the run")
-    batch_size: int = Field(256, ge=1, description="prompts per step (tokens engine)")
-    eval_prompts: int = Field(512, ge=1, description="fixed prompts for tokens-engine metrics, per query feature")
+    count_samples: int = Field(4096, ge=1, le=10**8, description="Monte Carlo count vectors, fixed for the run")
+    batch_size: int = Field(256, ge=1, le=10**7, description="prompts per step (tokens engine)")
+    eval_prompts: int = Field(512, ge=1, le=10**7, description="fixed prompts for tokens-engine metrics, per query feature")
     lr: float = Field(1.0, gt=0.0, allow_inf_nan=False)
-    steps: int = Field(2000, ge=1)
+    steps: int = Field(2000, ge=1, le=10**12)
     log_every: int | None = Field(None, ge=1, description="None: log-spaced plus linear schedule")
     max_exact_table: int = Field(2_000_000, ge=1, description="largest count table 'exact' will enumerate")
     checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (written at the "
@@ -127,10 +141,25 @@ class RunConfig(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _key_path(loc: tuple) -> list[str]:
+    """The config keys in a pydantic error location, without union-branch tags ('str', 'list[float]')."""
+    keys, model = [], RunConfig
+    for part in loc:
+        if model is None or not isinstance(part, str):
+            break
+        keys.append(part)
+        field = model.model_fields.get(part)
+        if field is None:  # an unknown (extra) key: name it, stop there
+            break
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return keys
+
+
 def _format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     # union branches show up in loc as e.g. "list[float]" or "literal['a']"; they are not keys.
-    loc = ".".join(str(p) for p in first["loc"] if isinstance(p, str) and p.isidentifier())
+    loc = ".".join(_key_path(first["loc"]))
     msg = first["msg"].removeprefix("Value error, ")
     if m := re.match(r"^([\w.]+): (.*)$", msg):  # a cross-field check names its own (dotted) key
         loc, msg = f"{loc}.{m.group(1)}" if loc else m.group(1), m.group(2)
