@@ -58,7 +58,7 @@ def run(plan) -> dict:
     peer = torch_peer.Peer(probs, N, d, B, float(c.lr), literal=False)
     x = torch.tensor(np.array(jnp.moveaxis(c.V[:, pr.feat], 0, 1)))
     w = torch.tensor(np.array(pr.w))
-    out["loss_agreement_abs"] = abs(float(peer.loss(x, w)) - float(T.prompts_loss(Q0, st, c, pr)))
+    out["loss_agreement_abs"] = abs(peer.loss(x, w).item() - float(T.prompts_loss(Q0, st, c, pr)))
     ours, ours_c = out["ours_step"]["median_s"], out["ours_compute"]["median_s"]
     out["ratio_step_restricted"] = out["torch_restricted_step_s"] / ours
     out["ratio_compute_restricted"] = out["torch_restricted_compute_s"] / ours_c

@@ -85,7 +85,9 @@ class Prompts(NamedTuple):
 
 def sample_prompts(key: jax.Array, probs: jnp.ndarray, batch: int, N: int, d: int) -> Prompts:
     k_feat, k_w = jax.random.split(key)
-    feat = jax.random.categorical(k_feat, jnp.log(probs), shape=(batch, N + 1))
+    # inverse-CDF sampling: one uniform per token (categorical's Gumbel trick draws K per token and was
+    # 90% of a tokens step)
+    feat = jax.random.choice(k_feat, probs.shape[0], shape=(batch, N + 1), p=probs)
     w = jax.random.normal(k_w, (batch, d), dtype=jnp.float64)
     return Prompts(feat, w)
 

@@ -56,7 +56,8 @@ def per_query(scores: jnp.ndarray, table: CountTable, include_query: bool, atten
         logits = jnp.broadcast_to(row, table.counts.shape)
         a = ATTENTION[attention](logits, table.counts, jnp.broadcast_to(row[k], table.weights.shape),
                                  include_query)  # (M, K)
-        f = 1.0 - 2.0 * a[:, k] + jnp.sum(a * a, axis=-1)
+        others = jnp.where(jnp.arange(a.shape[-1]) == k, 0.0, a)
+        f = (1.0 - a[:, k]) ** 2 + jnp.sum(others * others, axis=-1)  # a sum of squares: never < 0
         return 0.5 * table.weights @ f, table.weights @ a
 
     return jax.vmap(one)(jnp.arange(K), scores)
@@ -88,7 +89,8 @@ def softmax_stats(scores, probs, table: CountTable, include_query: bool):
     sq = (n2 @ (E * E).T) * (R * R)  # sum_m a_ikm^2, (M, K)
     wR = w[:, None] * R
     attention = E * (wR.T @ n)  # (K, K)
-    feature_loss = 0.5 * (w @ (1.0 - 2.0 * akk + sq))
+    # (1 - a_k)^2 + sum_{m != k} a_m^2, clamped so round-off near convergence cannot go below zero
+    feature_loss = 0.5 * (w @ ((1.0 - akk) ** 2 + jnp.maximum(sq - akk * akk, 0.0)))
     # the delta_jk term needs only attention's diagonal, E_kk (w/Z)^T n_k: O(M K), so a caller that wants
     # only the gradient (update) leaves the attention product to dead-code elimination
     own = Ed * (w @ (R * n))
