@@ -2,8 +2,7 @@
 
 Rows: the full step (each samples its own batch: ours with the package's sampler, the peer with
 torch.multinomial), the compute alone on a fixed batch (forward, backward, update), and the literal
-full-matrix peer. A what-if row times our step with inverse-CDF feature sampling (jax.random.choice) in
-place of the package's float64 Gumbel sampler: not what the engine ships, it shows what sampling costs.
+full-matrix peer. The share of sampling in our step is reported too.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from common import engine, timed
 
-from icl_dynamics.data import Prompts, sample_prompts
+from icl_dynamics.data import sample_prompts
 from icl_dynamics.objectives import tokens as T
 
 
@@ -40,15 +39,6 @@ def run(plan) -> dict:
     sampler = jax.jit(lambda k: sample_prompts(k, c.probs, B, N, d))
     out["ours_sampling"] = timed(lambda: sampler(c.key), plan.repeats)
 
-    def choice_step(Q, key):
-        kf, kw = jax.random.split(key)
-        feat = jax.random.choice(kf, K, (B, N + 1), p=c.probs)
-        w = jax.random.normal(kw, (B, d), jnp.float64)
-        return Q - c.lr * jax.grad(T.prompts_loss)(Q, st, c, Prompts(feat, w))
-
-    whatif = jax.jit(choice_step)
-    out["ours_step_inverse_cdf_sampling"] = timed(lambda: whatif(Q0, c.key), plan.repeats)
-
     probs = np.asarray(c.probs)
     for name, literal, reps in (("restricted", False, plan.repeats), ("literal", True, plan.peer_literal_repeats)):
         peer = torch_peer.Peer(probs, N, d, B, float(c.lr), literal=literal)
@@ -63,7 +53,5 @@ def run(plan) -> dict:
     out["ratio_step_restricted"] = out["torch_restricted_step_s"] / ours
     out["ratio_compute_restricted"] = out["torch_restricted_compute_s"] / ours_c
     out["ratio_step_literal"] = out["torch_literal_step_s"] / ours
-    out["ratio_step_restricted_if_inverse_cdf"] = (out["torch_restricted_step_s"]
-                                                   / out["ours_step_inverse_cdf_sampling"]["median_s"])
     out["sampling_share_of_our_step"] = out["ours_sampling"]["median_s"] / ours
     return out

@@ -108,9 +108,6 @@ def comparisons(res: dict) -> list[dict]:
             tv["torch_restricted_compute_s"], None, "forward + backward + update")
         add("tokens vs torch, literal full attention matrix, full step", tv["ours_step"]["median_s"],
             tv["torch_literal_step_s"], None, "O(B N^2 d) peer")
-        add("what-if: tokens with inverse-CDF sampling vs torch, full step",
-            tv["ours_step_inverse_cdf_sampling"]["median_s"], tv["torch_restricted_step_s"], None,
-            "not shipped: data.sample_prompts change")
     for key, goal in (("mean_field", 20), ("monte_carlo", None)):
         sw = res["sweep"][key]
         add(f"sweep {sw['configs']} configs x {sw['steps']} steps, {key}: vmapped vs sequential",

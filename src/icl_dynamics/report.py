@@ -30,10 +30,9 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import __version__  # noqa: E402
-from .errors import RunDirError  # noqa: E402
 from .experiments import fit_power  # noqa: E402
 from .plots import DOMINANT, MINOR, plot_feature_loss, plot_own_attention, plot_scores, save  # noqa: E402
-from .storage import ARTIFACTS, Run, atomic_write_json, atomic_write_text, load_run  # noqa: E402
+from .storage import ARTIFACTS, Run, atomic_write_json, atomic_write_text, load_run, prepare_output_dir  # noqa: E402,E501
 
 EXPONENT_TOL = 0.3
 SPEC_TOL = 0.03  # "within a few percent" of the spec section 6 table
@@ -46,24 +45,8 @@ PHASE_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52")
 def prepare_output(path: str | Path, overwrite: bool) -> Path:
     """Create the output folder; refuse a non-empty one unless ``overwrite``, which removes only the files
     ``reproduce`` writes (see the module doc)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"--out '{path}' exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise RunDirError(f"--out '{path}' exists and is not empty; pass --overwrite to replace its report")
-        for name in FILES:
-            (path / name).unlink(missing_ok=True)
-        for name in FIGURES:
-            (path / "figures" / name).unlink(missing_ok=True)
-        for run in RUNS:
-            for name in ARTIFACTS:
-                (path / "runs" / run / name).unlink(missing_ok=True)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"cannot create output folder '{path}': {e.strerror}") from None
-    return path
+    owned = [*FILES, *(f"figures/{n}" for n in FIGURES), *(f"runs/{r}/{n}" for r in RUNS for n in ARTIFACTS)]
+    return prepare_output_dir(path, overwrite, owned, "report")
 
 
 # ---------------------------------------------------------------- claims

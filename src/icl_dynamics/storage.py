@@ -88,22 +88,30 @@ def save_parquet(path: str | Path, table: pa.Table) -> None:
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
-def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
-    """Create ``path``; refuse a non-empty one unless ``overwrite`` (then only our own files are removed)."""
+def prepare_output_dir(path: str | Path, overwrite: bool, owned: list[str], what: str = "run") -> Path:
+    """Create ``path``; refuse a non-empty one unless ``overwrite``, which removes only the ``owned`` files
+    (relative paths) and their leftover temporaries: nothing a user put there is lost."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--out '{path}' exists and is not a directory")
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
-            raise RunDirError(f"--out '{path}' exists and is not empty; pass --overwrite to replace its run")
-        for name in ARTIFACTS:
-            (path / name).unlink(missing_ok=True)
-        remove_stale_temps(path)
+            raise RunDirError(f"--out '{path}' exists and is not empty; pass --overwrite to replace its {what}")
+        for rel in owned:
+            target = path / rel
+            target.unlink(missing_ok=True)
+            for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RunDirError(f"cannot create run directory '{path}': {e.strerror}") from None
+        raise RunDirError(f"cannot create output folder '{path}': {e.strerror}") from None
     return path
+
+
+def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
+    """A run directory: :func:`prepare_output_dir` owning the run's :data:`ARTIFACTS`."""
+    return prepare_output_dir(path, overwrite, list(ARTIFACTS), "run")
 
 
 def remove_stale_temps(path: Path) -> None:
