@@ -105,7 +105,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(256, ge=1, le=10**7, description="prompts per step (tokens engine)")
     eval_prompts: int = Field(512, ge=1, le=10**7, description="fixed prompts for tokens-engine metrics, per query feature")
     lr: float = Field(1.0, gt=0.0, allow_inf_nan=False)
-    steps: int = Field(2000, ge=1, le=10**12)
+    steps: int = Field(3000, ge=1, le=10**12)  # the minor features reach eps (~2060 at N=256) in the default run
     log_every: int | None = Field(None, ge=1, description="None: log-spaced plus linear schedule")
     max_exact_table: int = Field(2_000_000, ge=1, description="largest count table 'exact' will enumerate")
     checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (written at the "
