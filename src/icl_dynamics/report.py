@@ -153,19 +153,15 @@ def evaluate_claims(results: dict[str, Any], runs: dict[str, Run]) -> list[dict[
                      f"{2 + EXPONENT_TOL:g} (a quadratic bound; Phase II ~ K/(lr eps) adds a K^1 term)",
         "passed": _exponent_ok(f1, 2) and ft is not None and ft["exponent"] <= 2 + EXPONENT_TOL})
 
-    f = fits["phase2_vs_eps"]
-    rows.append({
-        "claim": "Phase II takes a time proportional to 1/eps",
-        "quantity": f"log-log exponent of the Phase II duration vs eps (balanced, K = {results['sweeps']['eps']['K']}, "
-                    f"eps {min(results['sweeps']['eps']['x']):g}..{max(results['sweeps']['eps']['x']):g})",
-        "measured": _exp(f), "criterion": _exponent_criterion(-1), "passed": _exponent_ok(f, -1)})
-
-    f = fits["time_vs_lr"]
-    rows.append({
-        "claim": "The convergence time is proportional to 1/lr",
-        "quantity": f"log-log exponent of the time to eps vs lr (balanced, K = {results['sweeps']['lr']['K']}, "
-                    f"lr {min(results['sweeps']['lr']['x']):g}..{max(results['sweeps']['lr']['x']):g})",
-        "measured": _exp(f), "criterion": _exponent_criterion(-1), "passed": _exponent_ok(f, -1)})
+    for claim, fit_key, what, knob, theory in (
+            ("Phase II takes a time proportional to 1/eps", "phase2_vs_eps", "the Phase II duration", "eps", -1),
+            ("The convergence time is proportional to 1/lr", "time_vs_lr", "the time to eps", "lr", -1)):
+        f, sweep = fits[fit_key], results["sweeps"][knob]
+        rows.append({
+            "claim": claim,
+            "quantity": f"log-log exponent of {what} vs {knob} (balanced, K = {sweep['K']}, "
+                        f"{knob} {min(sweep['x']):g}..{max(sweep['x']):g})",
+            "measured": _exp(f), "criterion": _exponent_criterion(theory), "passed": _exponent_ok(f, theory)})
 
     f = fits["dominant_vs_K"]
     rows.append({
