@@ -112,6 +112,9 @@ class TrainConfig(_Strict):
                                          "next chunk boundary); None: every 5% of steps, >= 30 s apart")
 
 
+MAX_ARRAY_ELEMENTS = 5 * 10**8
+
+
 class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -130,6 +133,25 @@ class RunConfig(_Strict):
                     f"train.expectation: 'exact' would enumerate C(N+K-1, K-1) = {size:,} count vectors "
                     f"(N={d.prompt_length}, K={d.num_features}), over train.max_exact_table="
                     f"{t.max_exact_table:,}; use train.expectation=monte_carlo")
+        return self
+
+    @model_validator(mode="after")
+    def _arrays_fit(self) -> RunConfig:
+        # each field is in range, but their products size the arrays: refuse what cannot fit in memory
+        t, d = self.train, self.data
+        K, N, dim = d.num_features, d.prompt_length, d.dim
+        rows = (t.steps // t.log_every + 2) if t.log_every else 2 * 256 + 2
+        sizes = [("train.log_every", "logged rows x 2 K^2", rows * 2 * K * K)]
+        if t.engine == "tokens":
+            sizes += [("train.batch_size", "batch_size x (N+1) x max(d, K) per step",
+                       t.batch_size * (N + 1) * max(dim, K)),
+                      ("train.eval_prompts", "eval_prompts x N x K", t.eval_prompts * N * K)]
+        elif t.expectation == "monte_carlo":
+            sizes += [("train.count_samples", "count_samples x K^2", t.count_samples * K * K)]
+        for key, what, n in sizes:
+            if n > MAX_ARRAY_ELEMENTS:
+                raise ValueError(f"{key}: {what} = {n:.3g} array elements, over the limit {MAX_ARRAY_ELEMENTS:.0e} "
+                                 f"(about {MAX_ARRAY_ELEMENTS * 8 / 2**30:.0f} GiB in float64); use smaller sizes")
         return self
 
     def to_dict(self) -> dict[str, Any]:

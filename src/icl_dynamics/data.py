@@ -58,7 +58,12 @@ def feature_probs(cfg: DataConfig) -> np.ndarray:
 
 def setting_name(cfg: DataConfig) -> str:
     """'balanced', 'imbalanced' or 'custom' (anything else): decides which phase definitions apply."""
-    p = feature_probs(cfg)
+    return setting_of(feature_probs(cfg))
+
+
+def setting_of(probs: np.ndarray) -> str:
+    """'balanced' (all equal), 'imbalanced' (p_1 largest, the rest equal) or 'custom'."""
+    p = np.asarray(probs, np.float64)
     if np.allclose(p, p[0]):
         return "balanced"
     if len(p) >= 2 and p[0] > p[1] and np.allclose(p[1:], p[1]):

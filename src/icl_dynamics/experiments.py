@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from .config import RunConfig, with_overrides
 from .data import feature_probs, setting_name
 from .objectives import build_engine
+from .observers import fit_power_law
 from .phases import crossing, detect_phases, loss_crossing
 from .progress import progress_bar
 from .runner import execute
@@ -92,18 +92,12 @@ def geometric_schedule(steps: int, ratio: float = LOG_RATIO) -> np.ndarray:
 
 
 def fit_power(x, y, level: float = 0.95) -> dict[str, Any] | None:
-    """OLS of log y on log x: y ~ c x^b. Returns exponent b, its ``level`` t-interval, c and n (None with
-    fewer than 3 usable points: no interval)."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    n = int(keep.sum())
-    if n < 3:
+    """OLS of log y on log x: y ~ c x^b (:func:`observers.fit_power_law`). Returns exponent b, its ``level``
+    t-interval, c and n (None with fewer than 3 usable points: no interval)."""
+    f = fit_power_law(x, y, level)
+    if f is None or f.n < 3:
         return None
-    X, Y = np.log(x[keep]), np.log(y[keep])
-    res = stats.linregress(X, Y)
-    t = stats.t.ppf(0.5 + level / 2, n - 2)
-    return {"exponent": float(res.slope), "ci": [float(res.slope - t * res.stderr), float(res.slope + t * res.stderr)],
-            "prefactor": float(math.exp(res.intercept)), "n": n, "level": level}
+    return {"exponent": f.exponent, "ci": [f.lo, f.hi], "prefactor": f.prefactor, "n": f.n, "level": level}
 
 
 def _median(values: list[float | None]) -> float | None:

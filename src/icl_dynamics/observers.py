@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -53,3 +53,32 @@ def metrics_table(traj: Trajectory, probs: np.ndarray) -> pa.Table:
         "score_to_feature_0": traj.scores[:, :, 0].ravel(),  # B_{k,1} in the paper's 1-based names
         "score_other_mean": (rest.mean(-1) if K > 1 else np.zeros((T, K))).ravel(),
     })
+
+
+class PowerLaw(NamedTuple):
+    """value ~ prefactor * x ** exponent, fitted by least squares in log-log; [lo, hi] is the ``level``
+    confidence interval of the exponent (Student t, n - 2 degrees of freedom; NaN when n < 3)."""
+
+    exponent: float
+    lo: float
+    hi: float
+    prefactor: float
+    n: int
+    level: float
+
+
+def fit_power_law(x, y, level: float = 0.95) -> PowerLaw | None:
+    """OLS of log y on log x over the points with finite x > 0, y > 0 (x (n,), y (n,)); None when fewer than
+    two distinct x remain."""
+    from scipy import stats
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    x, y = x[ok], y[ok]
+    if len(np.unique(x)) < 2:
+        return None
+    fit = stats.linregress(np.log(x), np.log(y))
+    n = len(x)
+    half = stats.t.ppf(0.5 + level / 2, n - 2) * fit.stderr if n > 2 else np.nan
+    return PowerLaw(float(fit.slope), float(fit.slope - half), float(fit.slope + half),
+                    float(np.exp(fit.intercept)), n, level)

@@ -39,6 +39,7 @@ import numpy as np
 from scipy.signal import savgol_filter
 
 from .errors import UserError
+from .data import setting_of
 from .trainer import Trajectory
 
 PERSIST = 0.1
@@ -49,16 +50,6 @@ SMOOTH_WIDTH = 0.15
 PEAK_DROP = 0.05
 NAMES = ("I", "II", "III", "IV")
 SETTINGS = ("balanced", "imbalanced", "custom")
-
-
-def infer_setting(probs: np.ndarray) -> str:
-    """'balanced' (all equal), 'imbalanced' (p_1 largest, the rest equal) or 'custom'."""
-    p = np.asarray(probs, np.float64)
-    if np.allclose(p, p[0]):
-        return "balanced"
-    if len(p) >= 2 and p[0] > p[1] and np.allclose(p[1:], p[1]):
-        return "imbalanced"
-    return "custom"
 
 
 def dominant_feature(probs: np.ndarray, setting: str) -> int | None:
@@ -86,6 +77,8 @@ def crossing(steps: np.ndarray, x: np.ndarray, threshold: float, band: float, st
     for i in rows[ok[rows]]:
         if i > rows[0] and ok[i - 1]:
             continue  # inside a run of rows already above: only up-crossings are candidates
+        if i + PERSIST_ROWS > len(x) - 1:
+            break  # too close to the end to show persistence: not (yet) an event
         last = max(np.searchsorted(steps, steps[i] * (1 + PERSIST), side="right") - 1, i + PERSIST_ROWS)
         if not relaxed[i + 1: last + 1].all():
             continue
@@ -198,7 +191,7 @@ def detect_phases(traj: Trajectory, probs: np.ndarray, eps: float, setting: str 
         raise UserError(f"probs has shape {probs.shape}, expected ({K},) for this trajectory")
     if not 0 < eps < 1:
         raise UserError(f"eps must be in (0, 1), got {eps}")
-    setting = setting or infer_setting(probs)
+    setting = setting or setting_of(probs)
     if setting not in SETTINGS:
         raise UserError(f"unknown setting '{setting}'; expected one of {', '.join(SETTINGS)}")
     d = dominant_feature(probs, setting)

@@ -10,7 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .data import setting_name  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .data import setting_of  # noqa: E402
 from .storage import Run  # noqa: E402
 from .trainer import Trajectory  # noqa: E402
 
@@ -18,11 +19,12 @@ DOMINANT, MINOR, BALANCED = "tab:red", "tab:blue", "tab:green"
 
 
 def _groups(run: Run) -> tuple[list[int], list[int]]:
-    """(dominant features, the others); no dominant feature unless the setting is imbalanced."""
+    """(dominant features, the others), as phase detection decides them (phases.dominant_feature)."""
+    from .phases import dominant_feature
+
     K = len(run.probs)
-    if setting_name(run.config.data) == "imbalanced":
-        return [0], list(range(1, K))
-    return [], list(range(K))
+    dom = dominant_feature(run.probs, setting_of(run.probs))
+    return ([], list(range(K))) if dom is None else ([dom], [k for k in range(K) if k != dom])
 
 
 def _xaxis(ax, steps):
@@ -113,12 +115,16 @@ def plot_heatmaps(fig, run: Run, steps: list[int]) -> None:
     fig.colorbar(im, ax=list(axes), shrink=0.8, label="attention[k, n]")
 
 
-def save(fig, path: Path) -> Path:
-    from .storage import atomic_write_bytes
+def save(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Write ``fig`` as a PNG atomically (creating the folder) and close it."""
     import io
 
+    from .storage import atomic_write_bytes
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
@@ -128,6 +134,8 @@ def plot_run(run: Run, out_dir: str | Path | None = None, heatmap_steps: list[in
              minor_feature: int | None = None) -> list[Path]:
     """Write the standard figures of a run (PNG) and return their paths."""
     out = Path(out_dir) if out_dir is not None else run.path / "figures"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     fig, ax = plt.subplots(figsize=(6.5, 4.2))

@@ -26,9 +26,11 @@ from .trainer import Interrupted, TrainResult, TrainState, fault_step_from_env, 
 def execute(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> TrainResult:
     """Train ``cfg`` and write its run directory. The summary says ``running`` until the run ends, so an
     interrupted directory never looks finished."""
+    fault_step_from_env()  # a malformed fault aid fails before anything is written
+    engine = build_engine(cfg)  # may refuse the config: before --out is touched
     out = prepare_run_dir(out, overwrite)
     write_config(out, cfg)
-    return _train_into(cfg, out, progress=progress)
+    return _train_into(cfg, out, progress=progress, engine=engine)
 
 
 def resume(run_dir: str | Path, *, progress: bool = True) -> TrainResult:

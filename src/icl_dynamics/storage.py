@@ -12,12 +12,13 @@ Layout of a run directory::
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import platform
 import subprocess
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,17 +34,16 @@ from .trainer import Trajectory
 
 ARTIFACTS = ("config.yaml", "manifest.json", "trajectory.npz", "metrics.parquet", "summary.json", "phases.json",
              "checkpoint.npz")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 TRAJECTORY_KEYS = ("steps", "loss", "feature_loss", "scores", "attention", "probs")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: readers see old or new, never half."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # like mkstemp (O_EXCL, a random name) but with mode 0666 less the umask, the mode of a plain open()
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the user's usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -111,6 +111,9 @@ def prepare_output_dir(path: str | Path, overwrite: bool, owned: list[str], what
 
 def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
     """A run directory: :func:`prepare_output_dir` owning the run's :data:`ARTIFACTS`."""
+    if not overwrite and (Path(path) / "checkpoint.npz").is_file():
+        raise RunDirError(f"--out '{path}' holds an unfinished run with a checkpoint; continue it with "
+                          f"'icl-dynamics train --resume {path}' (or pass --overwrite to discard it)")
     return prepare_output_dir(path, overwrite, list(ARTIFACTS), "run")
 
 
@@ -121,6 +124,7 @@ def remove_stale_temps(path: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+@functools.cache  # one subprocess per process, not per run directory
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,

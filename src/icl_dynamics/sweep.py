@@ -153,22 +153,11 @@ class PlannedRun(NamedTuple):
     hash: str
 
 
-def _check_buildable(cfg: RunConfig) -> None:
-    """Errors a worker would only meet later (exact tables too big), raised here instead."""
-    from .data import exact_table_size
-
-    d, t = cfg.data, cfg.train
-    if t.engine == "population" and t.expectation == "exact":
-        size = exact_table_size(d.prompt_length, d.num_features)
-        if size > t.max_exact_table:
-            raise ConfigError(f"train.expectation 'exact' needs {size:,} count vectors (N={d.prompt_length}, "
-                              f"K={d.num_features}), over train.max_exact_table={t.max_exact_table:,}")
-
-
 def expand(spec: SweepSpec) -> list[PlannedRun]:
     """Every grid point as a validated config, in grid order; configs with equal hashes appear once."""
     tree: dict[str, Any] = {}
-    for key, value in _flatten(spec.base).items():
+    flat_base = _flatten(spec.base)
+    for key, value in flat_base.items():
         set_dotted(tree, key, value)
     try:
         base = validate(tree)
@@ -180,12 +169,13 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
     if not axes:
         raise SweepError("the grid is empty; give at least one axis under 'grid:' (or 'seeds:')")
     keys = list(axes)
+    # a d set in the base stays fixed; otherwise with_overrides keeps d tied to K
+    pinned = {"data.dim": base.data.dim} if "data.dim" in flat_base else {}
     runs: dict[str, PlannedRun] = {}
     for i, combo in enumerate(np.ndindex(*(len(axes[k]) for k in keys))):
         point = {k: axes[k][j] for k, j in zip(keys, combo)}
         try:
-            cfg = with_overrides(base, point)
-            _check_buildable(cfg)
+            cfg = with_overrides(base, {**pinned, **point})
         except ConfigError as e:
             shown = ", ".join(f"{k}={v!r}" for k, v in point.items())
             raise SweepError(f"{e} (grid point {shown})") from None

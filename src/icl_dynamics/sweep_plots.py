@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import NamedTuple
 
 import matplotlib
 
@@ -19,38 +18,21 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
-from scipy import stats  # noqa: E402
 
 from .errors import UserError  # noqa: E402
+from .observers import PowerLaw  # noqa: E402,F401  (re-exported)
+from .observers import fit_power_law as _fit  # noqa: E402
 
 # names used in the issue text for the same columns
 ALIASES = {"minor_time_to_eps": "time_to_eps_minor", "dominant_time_to_eps": "time_to_eps_dominant"}
 
 
-class PowerLaw(NamedTuple):
-    """value ~ prefactor * x ** exponent, fitted by least squares in log-log; [lo, hi] is the ``level``
-    confidence interval of the exponent (Student t, n - 2 degrees of freedom; NaN when n < 3)."""
-
-    exponent: float
-    lo: float
-    hi: float
-    prefactor: float
-    n: int
-    level: float
-
-
 def fit_power_law(x, y, level: float = 0.95) -> PowerLaw:
-    """Fit log y = a + b log x over points with x > 0, y > 0 (x (n,), y (n,))."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    x, y = x[ok], y[ok]
-    if len(np.unique(x)) < 2:
+    """:func:`observers.fit_power_law`, with a user-facing error when there is nothing to fit."""
+    fit = _fit(x, y, level)
+    if fit is None:
         raise UserError("a scaling fit needs positive values at two or more distinct x values")
-    fit = stats.linregress(np.log(x), np.log(y))
-    n = len(x)
-    half = stats.t.ppf(0.5 + level / 2, n - 2) * fit.stderr if n > 2 else np.nan
-    return PowerLaw(float(fit.slope), float(fit.slope - half), float(fit.slope + half), float(np.exp(fit.intercept)),
-                    n, level)
+    return fit
 
 
 def resolve_column(df: pd.DataFrame, name: str, numeric: bool = False) -> str:
@@ -150,17 +132,11 @@ def plot_scaling(df: pd.DataFrame, x: str, value: str, out: str | Path, level: f
 
 
 def _save(fig, out: str | Path) -> Path:
-    import io
+    from .plots import save
 
-    from .storage import atomic_write_bytes
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
-    atomic_write_bytes(out, buf.getvalue())
-    return out
+    if Path(out).is_dir():
+        raise UserError(f"--out '{out}' is a directory; give a .png path")
+    return save(fig, out, dpi=130)
 
 
 def plot_sweep(sweep_dir: str | Path, x: str, value: str, y: str | None = None,
