@@ -37,7 +37,7 @@ class TokConsts(NamedTuple):
     V: jnp.ndarray  # (d, K) orthonormal features
     lr: jnp.ndarray  # ()
     key: jax.Array  # training key; step keys are fold_in(key, step)
-    eval_feat: jnp.ndarray  # (P, N) feature indices of the evaluation prompts
+    eval_counts: jnp.ndarray  # (P, K) feature counts of the fixed evaluation prompts (counted once)
 
 
 def feature_counts(feat: jnp.ndarray, K: int) -> jnp.ndarray:
@@ -84,7 +84,7 @@ def observe(static: TokStatic, c: TokConsts, Q) -> Metrics:
     K = c.probs.shape[0]
     G = c.V.T @ Q @ c.V
     gram = c.V.T @ c.V
-    counts = feature_counts(c.eval_feat, K)  # (P, K)
+    counts = c.eval_counts  # (P, K)
     q_logit = jnp.broadcast_to(jnp.diagonal(G)[:, None], (K, counts.shape[0]))  # (K, P)
     a = ATTENTION[static.attention](jnp.broadcast_to(G.T[:, None, :], (K, *counts.shape)),
                                     jnp.broadcast_to(counts, (K, *counts.shape)), q_logit,
@@ -103,6 +103,7 @@ def build(cfg: RunConfig) -> Engine:
     V = feature_matrix(d.dim, d.num_features, seed_key(cfg.seed, "features"))
     eval_feat = jax.random.categorical(seed_key(cfg.seed, "eval"), jnp.log(probs),
                                        shape=(t.eval_prompts, d.prompt_length))
-    consts = TokConsts(probs, V, jnp.asarray(t.lr, jnp.float64), seed_key(cfg.seed, "train"), eval_feat)
+    consts = TokConsts(probs, V, jnp.asarray(t.lr, jnp.float64), seed_key(cfg.seed, "train"),
+                       feature_counts(eval_feat, d.num_features))
     static = TokStatic(d.prompt_length, t.batch_size, cfg.model.include_query_in_softmax, cfg.model.attention)
     return Engine("tokens", static, consts, jnp.zeros((d.dim, d.dim), jnp.float64), update, observe)
