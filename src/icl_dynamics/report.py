@@ -95,7 +95,8 @@ def concentration(runs: dict[str, Run]) -> dict[str, Any]:
             "final_sqrt_loss_max": max(s for _, s in final)}
 
 
-def evaluate_claims(results: dict[str, Any], runs: dict[str, Run]) -> list[dict[str, Any]]:
+def evaluate_claims(results: dict[str, Any], runs: dict[str, Run],
+                    conc: dict[str, Any]) -> list[dict[str, Any]]:
     """The claims table: claim (as the paper states it), quantity, measured, criterion, passed."""
     fits = results["fits"]
     eps = results["plan"]["eps"]
@@ -170,17 +171,16 @@ def evaluate_claims(results: dict[str, Any], runs: dict[str, Run]) -> list[dict[
                     f"{results['plan']['p1']:g})",
         "measured": _exp(f), "criterion": _exponent_criterion(0), "passed": _exponent_ok(f, 0)})
 
-    c = concentration(runs)
     bound = math.sqrt(2 * eps)
     rows.append({
         "claim": "At convergence attention concentrates: a query of feature k attends almost only to tokens "
                  "of feature k",
         "quantity": "1 - attention[k,k] against sqrt(feature_loss[k]): log-log slope over the rows with "
                     "attention[k,k] >= 1/2 (both main runs), and max_k (1 - attention[k,k]) at the end",
-        "measured": f"slope {_exp(c['fit'])}; final max_k (1 - attention[k,k]) = {c['final_gap_max']:.3g}",
+        "measured": f"slope {_exp(conc['fit'])}; final max_k (1 - attention[k,k]) = {conc['final_gap_max']:.3g}",
         "criterion": f"slope: {_exponent_criterion(1)} (the error is the attention leaking off feature k); "
                      f"final 1 - attention[k,k] <= sqrt(2 eps) = {bound:.3g} for every k",
-        "passed": _exponent_ok(c["fit"], 1) and c["final_gap_max"] <= bound})
+        "passed": _exponent_ok(conc["fit"], 1) and conc["final_gap_max"] <= bound})
     return rows
 
 
@@ -472,11 +472,12 @@ def write_report(out: str | Path, results: dict[str, Any]) -> list[Path]:
     runs = {name: load_run(out / results["main"][name]["run_dir"]) for name in RUNS}
     phases = {name: results["main"][name]["phases"] for name in RUNS}
     (out / "figures").mkdir(exist_ok=True)
-    claims = evaluate_claims(results, runs)
+    conc = concentration(runs)
+    claims = evaluate_claims(results, runs, conc)
     fig_balanced(runs["balanced"], phases["balanced"], out / "figures" / "balanced.png")
     fig_imbalanced(runs["imbalanced"], phases["imbalanced"], out / "figures" / "imbalanced.png")
     fig_heatmaps(runs, phases, out / "figures" / "heatmaps.png")
-    fig_scaling(results, concentration(runs), out / "figures" / "scaling.png")
+    fig_scaling(results, conc, out / "figures" / "scaling.png")
     blocks = _blocks(results, claims)
     atomic_write_text(out / "report.md", _md(blocks))
     atomic_write_text(out / "report.html", _html(blocks, out))
