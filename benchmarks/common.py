@@ -15,7 +15,7 @@ import numpy as np
 
 import icl_dynamics  # noqa: F401  (enables float64)
 from icl_dynamics.config import RunConfig, with_overrides
-from icl_dynamics.objectives import Engine, build_engine
+from icl_dynamics.engines import Engine, build_engine
 
 
 def config(**dotted: Any) -> RunConfig:

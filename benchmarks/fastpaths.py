@@ -12,7 +12,7 @@ import numpy as np
 from common import engine, timed
 
 from icl_dynamics import trainer
-from icl_dynamics.objectives import population as P
+from icl_dynamics.engines import population as P
 
 RANDOM_PRIMITIVES = ("random_bits", "threefry2x32", "random_wrap", "random_seed")
 

@@ -13,7 +13,7 @@ import numpy as np
 from common import engine, timed
 
 from icl_dynamics.data import sample_prompts
-from icl_dynamics.objectives import tokens as T
+from icl_dynamics.engines import tokens as T
 
 
 def run(plan) -> dict:

@@ -17,9 +17,9 @@ from exact_reference import SymmetricExact  # noqa: E402
 
 from icl_dynamics import trainer  # noqa: E402
 from icl_dynamics.config import RunConfig, with_overrides  # noqa: E402
-from icl_dynamics.objectives import build_engine  # noqa: E402
-from icl_dynamics.objectives import population as P  # noqa: E402
-from icl_dynamics.objectives import tokens as T  # noqa: E402
+from icl_dynamics.engines import build_engine  # noqa: E402
+from icl_dynamics.engines import population as P  # noqa: E402
+from icl_dynamics.engines import tokens as T  # noqa: E402
 
 
 def cfg(**dotted):

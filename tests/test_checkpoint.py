@@ -20,9 +20,10 @@ import pytest
 
 from icl_dynamics import checkpoint, cli
 from icl_dynamics.config import load_config
-from icl_dynamics.objectives import build_engine
+from icl_dynamics.engines import build_engine
 from icl_dynamics.storage import write_config
-from icl_dynamics.trainer import Interrupted, log_schedule, train
+from icl_dynamics.errors import Interrupted
+from icl_dynamics.trainer import log_schedule, train
 
 # Long enough that a kill after the first checkpoint (at 5% of the steps) lands mid-run.
 RUNS = {
@@ -229,7 +230,8 @@ def test_sigint_in_process_finishes_chunk_and_saves(small):
 
 
 def _state_at(clean, index):
-    from icl_dynamics.trainer import Trajectory, TrainState
+    from icl_dynamics.trainer import TrainState
+    from icl_dynamics.trajectory import Trajectory
 
     rows = Trajectory(*(a[:index] for a in clean.trajectory))
     return TrainState(index, int(rows.steps[-1]), np.asarray(rows.scores[-1]), rows)  # population: Q = scores

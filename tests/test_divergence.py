@@ -21,7 +21,7 @@ from icl_dynamics import cli
 from icl_dynamics.config import load_config
 from icl_dynamics.data import count_table, feature_probs
 from icl_dynamics.model import embed, predict
-from icl_dynamics.objectives import build_engine, population
+from icl_dynamics.engines import build_engine, population
 from icl_dynamics.storage import load_run
 from icl_dynamics.trainer import FAULT_ENV, fault_step_from_env, log_schedule, train
 

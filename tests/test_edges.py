@@ -11,7 +11,7 @@ import numpy as np
 from icl_dynamics.cli import main
 from icl_dynamics.phases import PERSIST_ROWS, crossing
 from icl_dynamics.storage import atomic_write_text
-from icl_dynamics.sweep import expand, load_spec
+from icl_dynamics.sweeps import expand, load_spec
 
 TINY = ["--set", "data.num_features=3", "--set", "data.prompt_length=8", "--set", "train.expectation=mean_field",
         "--set", "train.steps=20", "--quiet"]
@@ -82,8 +82,8 @@ def test_tokens_engine_loss_is_the_literal_forward_pass():
     from icl_dynamics.config import load_config
     from icl_dynamics.data import sample_prompts
     from icl_dynamics.model import embed, literal_forward
-    from icl_dynamics.objectives import build_engine
-    from icl_dynamics.objectives import tokens as T
+    from icl_dynamics.engines import build_engine
+    from icl_dynamics.engines import tokens as T
 
     for include_query in (False, True):
         cfg = load_config(None, ["data.num_features=3", "data.dim=5", "data.prompt_length=7", "train.engine=tokens",

@@ -6,7 +6,7 @@ import numpy as np
 
 import helpers as H
 from icl_dynamics.config import validate
-from icl_dynamics.objectives import build_engine
+from icl_dynamics.engines import build_engine
 from icl_dynamics.trainer import log_schedule, train
 
 T, B, LR = 300, 2048, 1.0

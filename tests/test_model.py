@@ -9,7 +9,7 @@ import pytest
 
 from icl_dynamics.data import exact_counts, feature_matrix
 from icl_dynamics.model import embed, literal_forward, predict, query_attention
-from icl_dynamics.objectives.population import per_query
+from icl_dynamics.engines.population import per_query
 
 per_query_j = jax.jit(per_query, static_argnums=2)  # one compile per shape instead of one per primitive
 

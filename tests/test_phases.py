@@ -7,9 +7,10 @@ import pytest
 from icl_dynamics.config import RunConfig, with_overrides
 from icl_dynamics.data import feature_probs
 from icl_dynamics.errors import UserError
-from icl_dynamics.objectives import build_engine
+from icl_dynamics.engines import build_engine
 from icl_dynamics.phases import boundaries, detect_phases
-from icl_dynamics.trainer import Trajectory, log_schedule, train
+from icl_dynamics.trainer import log_schedule, train
+from icl_dynamics.trajectory import Trajectory
 
 EPS = 1e-2
 STEPS = np.concatenate([[0], np.unique(np.rint(np.geomspace(1, 5000, 500)).astype(int))])

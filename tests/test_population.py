@@ -10,9 +10,9 @@ import pytest
 import helpers as H
 from icl_dynamics.config import validate
 from icl_dynamics.data import CountTable, exact_counts, exact_table_size, mean_field_counts, monte_carlo_counts
-from icl_dynamics.objectives.population import per_query, population_loss
+from icl_dynamics.engines.population import per_query, population_loss
 from icl_dynamics.errors import ConfigError
-from icl_dynamics.observers import time_to_eps
+from icl_dynamics.measures import time_to_eps
 from icl_dynamics.trainer import run_training
 
 P3 = np.array([0.5, 0.3, 0.2])

@@ -8,9 +8,9 @@ import pytest
 
 from icl_dynamics.cli import main
 from icl_dynamics.config import RunConfig, with_overrides
-from icl_dynamics.experiments import fit_power, padded, unpad
-from icl_dynamics.objectives import build_engine
-from icl_dynamics.report import FIGURES, FILES
+from icl_dynamics.reproduce.experiments import fit_power, padded, unpad
+from icl_dynamics.engines import build_engine
+from icl_dynamics.reproduce import FIGURES, FILES
 from icl_dynamics.trainer import log_schedule, train
 
 KEYS = {"claim", "measured", "criterion", "passed"}

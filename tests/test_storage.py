@@ -11,7 +11,7 @@ import pytest
 from icl_dynamics import storage
 from icl_dynamics.config import validate
 from icl_dynamics.errors import RunDirError
-from icl_dynamics.objectives import build_engine
+from icl_dynamics.engines import build_engine
 from icl_dynamics.runner import execute
 from icl_dynamics.storage import atomic_write_text, load_run, prepare_run_dir, save_npz
 

@@ -5,7 +5,7 @@ Arrays (all float64 unless noted), no pickle:
     param_0 .. param_{L-1}   the parameter pytree's leaves (the trainer's params at a chunk boundary)
     rows_steps (R,) int64    logged steps so far (= schedule[:R])
     rows_loss (R,), rows_feature_loss (R, K), rows_scores (R, K, K), rows_attention (R, K, K)
-    rng_key (2,) uint32      the training key (tokens engine; step keys are fold_in(key, step)); empty otherwise
+    rng_key uint32           the engine's random key, where its EngineSpec.rng_key says it lives; empty if none
     meta ()  str             JSON: format, version, config_hash, engine, step, index (= R, schedule rows
                              done), schedule_len, reason (periodic | SIGINT | SIGTERM)
 
@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .config import RunConfig
+from .engines import Engine, rng_key_of
 from .errors import RunDirError
-from .objectives import Engine
 from .storage import save_npz
-from .trainer import CHUNK_ROWS, Trajectory, TrainState
+from .trainer import CHUNK_ROWS, TrainState
+from .trajectory import Trajectory, expected_shapes
 
 CHECKPOINT = "checkpoint.npz"
 FORMAT = 1
@@ -48,15 +48,6 @@ def interval(cfg: RunConfig) -> tuple[int, float]:
     return max(1, math.ceil(cfg.train.steps / 20)), DEFAULT_MIN_SECONDS
 
 
-def _rng_key(engine: Engine) -> np.ndarray:
-    key = getattr(engine.consts, "key", None)
-    if key is None:
-        return np.zeros((0,), np.uint32)
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    return np.asarray(key)
-
-
 def save(run_dir: Path, cfg: RunConfig, engine: Engine, state: TrainState, reason: str) -> None:
     """Write ``state`` to ``run_dir/checkpoint.npz`` atomically (temp file, fsync, rename)."""
     from . import __version__
@@ -64,7 +55,7 @@ def save(run_dir: Path, cfg: RunConfig, engine: Engine, state: TrainState, reaso
     leaves = jax.tree.leaves(state.params)
     arrays: dict[str, np.ndarray] = {f"param_{i}": np.asarray(x) for i, x in enumerate(leaves)}
     arrays.update({name: np.asarray(x) for name, x in zip(_ROWS, state.rows)})
-    arrays["rng_key"] = _rng_key(engine)
+    arrays["rng_key"] = rng_key_of(engine)
     meta = {"format": FORMAT, "version": __version__, "config_hash": cfg.hash(), "engine": engine.name,
             "step": int(state.step), "index": int(state.index), "num_params": len(leaves), "reason": reason}
     arrays["meta"] = np.array(json.dumps(meta))
@@ -107,12 +98,11 @@ def load(run_dir: Path, cfg: RunConfig, engine: Engine, schedule: np.ndarray) ->
         raise RunDirError(f"{bad} (index {index!r} / step {step!r} do not fit the run's log schedule)")
 
     K = cfg.data.num_features
-    want = {"rows_steps": ((index,), np.int64), "rows_loss": ((index,), np.float64),
-            "rows_feature_loss": ((index, K), np.float64), "rows_scores": ((index, K, K), np.float64),
-            "rows_attention": ((index, K, K), np.float64)}
+    want = {f"rows_{k}": (shape, np.int64 if k == "steps" else np.float64)
+            for k, shape in expected_shapes(index, K).items()}
     init_leaves, treedef = jax.tree.flatten(engine.init)
     want.update({f"param_{i}": (x.shape, x.dtype) for i, x in enumerate(init_leaves)})
-    want["rng_key"] = (_rng_key(engine).shape, _rng_key(engine).dtype)
+    want["rng_key"] = (rng_key_of(engine).shape, rng_key_of(engine).dtype)
     for name, (shape, dtype) in want.items():
         a = arrays.get(name)
         if a is None or a.shape != tuple(shape) or a.dtype != dtype:
@@ -120,7 +110,7 @@ def load(run_dir: Path, cfg: RunConfig, engine: Engine, schedule: np.ndarray) ->
             raise RunDirError(f"{bad} (array '{name}' is {got}, expected {np.dtype(dtype)}{list(shape)})")
     if not np.array_equal(arrays["rows_steps"], schedule[:index]):
         raise RunDirError(f"{bad} (logged steps do not match the run's log schedule)")
-    if not np.array_equal(arrays["rng_key"], _rng_key(engine)):
+    if not np.array_equal(arrays["rng_key"], rng_key_of(engine)):
         raise RunDirError(f"{bad} (its RNG key differs from the one this version derives from the seed)")
     params = [arrays[f"param_{i}"] for i in range(len(init_leaves))]
     if not all(np.all(np.isfinite(x)) for x in params):

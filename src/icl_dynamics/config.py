@@ -17,8 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .registry import ATTENTION, DISTRIBUTIONS, ENGINES
 
-ProbsSpec = str | list[float]  # a name registered in data.PROBS, or explicit probabilities
+ProbsSpec = str | list[float]  # a name registered in registry.DISTRIBUTIONS, or explicit probabilities
 
 
 class YamlLoader(yaml.SafeLoader):
@@ -60,10 +61,8 @@ class DataConfig(_Strict):
     @classmethod
     def _check_probs(cls, v: ProbsSpec) -> ProbsSpec:
         if isinstance(v, str):
-            from .data import PROBS
-
-            if v not in PROBS:
-                raise ValueError(f"unknown distribution {v!r}; known: {', '.join(sorted(PROBS))} or a list")
+            if v not in DISTRIBUTIONS:
+                raise ValueError(f"{DISTRIBUTIONS.unknown(v)} or a list")
         else:
             if any(not math.isfinite(p) or p < 0 for p in v):
                 raise ValueError("probabilities must be finite and >= 0")
@@ -86,20 +85,16 @@ class DataConfig(_Strict):
 
 class ModelConfig(_Strict):
     include_query_in_softmax: bool = Field(False, description="let the query's own column join the softmax")
-    attention: str = Field("softmax", description="a registered attention variant (model.ATTENTION)")
+    attention: str = Field("softmax", description="a registered attention variant (registry.ATTENTION)")
 
     @field_validator("attention")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .model import ATTENTION
-
-        if v not in ATTENTION:
-            raise ValueError(f"unknown attention '{v}'; known: {', '.join(sorted(ATTENTION))}")
-        return v
+        return ATTENTION.check(v)
 
 
 class TrainConfig(_Strict):
-    engine: Literal["population", "tokens"] = "population"
+    engine: str = Field("population", description="a registered engine (registry.ENGINES): population | tokens")
     expectation: Literal["exact", "monte_carlo", "mean_field"] = "monte_carlo"
     count_samples: int = Field(4096, ge=1, le=10**8, description="Monte Carlo count vectors, fixed for the run")
     batch_size: int = Field(256, ge=1, le=10**7, description="prompts per step (tokens engine)")
@@ -110,6 +105,11 @@ class TrainConfig(_Strict):
     max_exact_table: int = Field(2_000_000, ge=1, description="largest count table 'exact' will enumerate")
     checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (written at the "
                                          "next chunk boundary); None: every 5% of steps, >= 30 s apart")
+
+    @field_validator("engine")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return ENGINES.check(v)
 
 
 MAX_ARRAY_ELEMENTS = 5 * 10**8
@@ -123,31 +123,16 @@ class RunConfig(_Strict):
     seed: int = Field(0, ge=0, lt=2**63)
 
     @model_validator(mode="after")
-    def _exact_table_fits(self) -> RunConfig:
-        # refuse here, before a run directory is made, rather than when the engine is built
-        t, d = self.train, self.data
-        if t.engine == "population" and t.expectation == "exact":
-            size = math.comb(d.prompt_length + d.num_features - 1, d.num_features - 1)
-            if size > t.max_exact_table:
-                raise ValueError(
-                    f"train.expectation: 'exact' would enumerate C(N+K-1, K-1) = {size:,} count vectors "
-                    f"(N={d.prompt_length}, K={d.num_features}), over train.max_exact_table="
-                    f"{t.max_exact_table:,}; use train.expectation=monte_carlo")
-        return self
-
-    @model_validator(mode="after")
     def _arrays_fit(self) -> RunConfig:
-        # each field is in range, but their products size the arrays: refuse what cannot fit in memory
-        t, d = self.train, self.data
-        K, N, dim = d.num_features, d.prompt_length, d.dim
+        # each field is in range, but their products size the arrays: refuse what cannot fit in memory,
+        # here, before a run directory is made
+        t = self.train
+        K = self.data.num_features
         rows = (t.steps // t.log_every + 2) if t.log_every else 2 * 256 + 2
-        sizes = [("train.log_every", "logged rows x 2 K^2", rows * 2 * K * K)]
-        if t.engine == "tokens":
-            sizes += [("train.batch_size", "batch_size x (N+1) x max(d, K) per step",
-                       t.batch_size * (N + 1) * max(dim, K)),
-                      ("train.eval_prompts", "eval_prompts x N x K", t.eval_prompts * N * K)]
-        elif t.expectation == "monte_carlo":
-            sizes += [("train.count_samples", "count_samples x K^2", t.count_samples * K * K)]
+        try:
+            sizes = [("train.log_every", "logged rows x 2 K^2", rows * 2 * K * K), *ENGINES[t.engine].sizes(self)]
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
         for key, what, n in sizes:
             if n > MAX_ARRAY_ELEMENTS:
                 raise ValueError(f"{key}: {what} = {n:.3g} array elements, over the limit {MAX_ARRAY_ELEMENTS:.0e} "
@@ -191,6 +176,18 @@ def _format_validation_error(err: ValidationError) -> str:
     given = first.get("input")
     shown = "" if isinstance(given, dict) else f" (got {given!r})"
     return f"invalid value for {where}: {msg}{shown}"
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dict -> {dotted key: value} (the inverse of :func:`set_dotted`)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

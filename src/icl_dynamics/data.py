@@ -1,13 +1,12 @@
 """Data model (spec section 2): feature probabilities, features, prompts, and tables of feature counts.
 
-A new distribution over features is one function ``(DataConfig) -> np.ndarray`` plus ``@register_probs``.
+A new distribution over features is one function ``(DataConfig) -> np.ndarray`` plus ``@DISTRIBUTIONS.register(name)`` (registry.py).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -18,23 +17,15 @@ from scipy.special import gammaln, xlogy
 from .config import DataConfig
 from .errors import ConfigError
 
-PROBS: dict[str, Callable[[DataConfig], np.ndarray]] = {}
+from .registry import DISTRIBUTIONS
 
 
-def register_probs(name: str):
-    def deco(fn: Callable[[DataConfig], np.ndarray]):
-        PROBS[name] = fn
-        return fn
-
-    return deco
-
-
-@register_probs("balanced")
+@DISTRIBUTIONS.register("balanced")
 def balanced_probs(cfg: DataConfig) -> np.ndarray:
     return np.full(cfg.num_features, 1.0 / cfg.num_features)
 
 
-@register_probs("imbalanced")
+@DISTRIBUTIONS.register("imbalanced")
 def imbalanced_probs(cfg: DataConfig) -> np.ndarray:
     K = cfg.num_features
     p = np.full(K, (1.0 - cfg.dominant_prob) / (K - 1))
@@ -42,7 +33,7 @@ def imbalanced_probs(cfg: DataConfig) -> np.ndarray:
     return p
 
 
-@register_probs("zipf")
+@DISTRIBUTIONS.register("zipf")
 def zipf_probs(cfg: DataConfig) -> np.ndarray:
     w = np.arange(1, cfg.num_features + 1, dtype=np.float64) ** (-cfg.zipf_exponent)
     return w / w.sum()
@@ -53,7 +44,7 @@ def feature_probs(cfg: DataConfig) -> np.ndarray:
     if isinstance(cfg.probs, list):
         p = np.asarray(cfg.probs, dtype=np.float64)
         return p / p.sum()
-    return PROBS[cfg.probs](cfg)
+    return DISTRIBUTIONS[cfg.probs](cfg)
 
 
 def setting_name(cfg: DataConfig) -> str:
@@ -107,19 +98,21 @@ class CountTable(NamedTuple):
     weights: jnp.ndarray
 
 
-def exact_table_size(N: int, K: int) -> int:
-    return math.comb(N + K - 1, K - 1)
+def exact_table_size(N: int, K: int, max_size: int | None = None) -> int:
+    """C(N+K-1, K-1), the number of count vectors with sum N; ConfigError (the one message for this limit)
+    when it exceeds ``max_size``."""
+    size = math.comb(N + K - 1, K - 1)
+    if max_size is not None and size > max_size:
+        raise ConfigError(
+            f"train.expectation: 'exact' would enumerate C(N+K-1, K-1) = {size:,} count vectors "
+            f"(N={N}, K={K}), over train.max_exact_table={max_size:,}; use train.expectation=monte_carlo")
+    return size
 
 
 def exact_counts(N: int, probs: np.ndarray, max_size: int) -> CountTable:
     """Every count vector with sum N, with its multinomial probability (zero-probability ones dropped)."""
     K = len(probs)
-    size = exact_table_size(N, K)
-    if size > max_size:
-        raise ConfigError(
-            f"train.expectation 'exact' would enumerate C(N+K-1, K-1) = {size:,} count vectors "
-            f"(N={N}, K={K}), over train.max_exact_table={max_size:,}; use train.expectation=monte_carlo"
-        )
+    exact_table_size(N, K, max_size)
     # stars and bars: choose K-1 bar positions among N+K-1 slots
     bars = np.array(list(itertools.combinations(range(N + K - 1), K - 1)), dtype=np.int64).reshape(-1, K - 1)
     edges = np.concatenate([np.full((len(bars), 1), -1), bars, np.full((len(bars), 1), N + K - 1)], axis=1)

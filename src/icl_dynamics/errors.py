@@ -1,4 +1,13 @@
-"""Exceptions that the CLI turns into one line on stderr and an exit code, never a traceback."""
+"""Every exception the package raises on purpose, and its exit code. The CLI turns each into one line on
+stderr and this exit code, never a traceback.
+
+| exit | exception        | meaning                                                              |
+|------|------------------|----------------------------------------------------------------------|
+| 2    | UserError        | bad input: a config, CLI argument, sweep spec or damaged run directory |
+| 3    | DivergenceError  | training produced a non-finite value                                 |
+| 4    | StorageError     | the operating system refused a read or write (full disk, read-only)  |
+| 128+s| Interrupted      | SIGINT / SIGTERM (trainer.py), as a shell reports a signal            |
+"""
 
 
 class UserError(Exception):
@@ -15,7 +24,30 @@ class RunDirError(UserError):
     """A run directory is missing, damaged, or would be overwritten."""
 
 
+class SweepError(UserError):
+    """A sweep spec or sweep directory problem."""
+
+
 class DivergenceError(Exception):
     """Training produced a non-finite value. Exit code 3."""
 
     exit_code = 3
+
+
+class StorageError(Exception):
+    """The operating system refused a file operation (no space, read-only, permission). Exit code 4: the
+    input was fine, the machine was not."""
+
+    exit_code = 4
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM arrived; training stopped at a chunk boundary (after saving a checkpoint, if it had
+    somewhere to save one). Exit code 128 + signal number, as a shell reports a signal."""
+
+    def __init__(self, signum: int, step: int, saved: bool):
+        import signal
+
+        super().__init__(f"{signal.Signals(signum).name} at step {step}")
+        self.signum, self.step, self.saved = signum, step, saved
+        self.exit_code = 128 + signum

@@ -11,7 +11,7 @@ Attention variants are registered functions ``attend(logits, mult, query_logit, 
 ``logits`` (..., J) are key scores, ``mult`` (..., J) how many tokens share each score (1 for tokens,
 counts n_m for the population view), ``query_logit`` (...,) the query's score with itself. They return the
 total attention mass on each of the J entries, shape (..., J). A new variant is one function plus
-``@register_attention``.
+``@ATTENTION.register(name)`` (registry.py).
 """
 
 from __future__ import annotations
@@ -21,16 +21,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from .registry import ATTENTION
+
 Attend = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray, bool], jnp.ndarray]
-ATTENTION: dict[str, Attend] = {}
-
-
-def register_attention(name: str):
-    def deco(fn: Attend) -> Attend:
-        ATTENTION[name] = fn
-        return fn
-
-    return deco
 
 
 def log_mass_logits(logits: jnp.ndarray, mult: jnp.ndarray) -> jnp.ndarray:
@@ -39,7 +32,7 @@ def log_mass_logits(logits: jnp.ndarray, mult: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(present, jnp.log(jnp.where(present, mult, 1.0)) + logits, -jnp.inf)
 
 
-@register_attention("softmax")
+@ATTENTION.register("softmax")
 def softmax_attention(logits, mult, query_logit, include_query: bool):
     """a_j = mult_j e^{l_j} / (sum_i mult_i e^{l_i} [+ e^{l_q}]), via a max-shifted softmax: finite for
     scores of any size."""

@@ -40,7 +40,7 @@ from scipy.signal import savgol_filter
 
 from .errors import UserError
 from .data import setting_of
-from .trainer import Trajectory
+from .trajectory import Trajectory
 
 PERSIST = 0.1
 PERSIST_ROWS = 2

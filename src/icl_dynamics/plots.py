@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .data import setting_of  # noqa: E402
 from .storage import Run  # noqa: E402
-from .trainer import Trajectory  # noqa: E402
+from .trajectory import Trajectory  # noqa: E402
 
 DOMINANT, MINOR, BALANCED = "tab:red", "tab:blue", "tab:green"
 

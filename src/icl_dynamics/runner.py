@@ -13,14 +13,11 @@ from pathlib import Path
 
 from . import checkpoint
 from .config import RunConfig
-from .data import feature_probs, setting_name
-from .errors import RunDirError
-from .objectives import build_engine
-from .observers import metrics_table, summarize
-from .phases import detect_phases
-from .storage import (read_json, atomic_write_json, load_config_file, manifest, prepare_run_dir,
-                      remove_stale_temps, save_npz, save_parquet, trajectory_arrays, write_config)
-from .trainer import Interrupted, TrainResult, TrainState, fault_step_from_env, log_schedule, train
+from .engines import build_engine
+from .errors import Interrupted, RunDirError
+from .storage import (atomic_write_json, load_config_file, prepare_run_dir, read_json, remove_stale_temps,
+                      write_config, write_run_dir)
+from .trainer import TrainResult, TrainState, fault_step_from_env, log_schedule, train
 
 
 def execute(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> TrainResult:
@@ -69,7 +66,7 @@ def _train_into(cfg: RunConfig, out: Path, *, progress: bool, start: TrainState 
         result = train(engine, log_schedule(cfg.train.steps, cfg.train.log_every), progress=progress,
                        fault_step=fault_step_from_env(), start=start, checkpoint_every=every,
                        on_checkpoint=save, min_checkpoint_seconds=min_seconds)
-        _write_outputs(cfg, out, result, started, start)
+        write_run_dir(out, cfg, result, started, **({"resumed_from": start.step} if start else {}))
     except Interrupted as e:
         atomic_write_json(out / "summary.json", {"status": "interrupted", "signal": signal.Signals(e.signum).name,
                                                  "step": e.step, **(hint if e.saved else {})})
@@ -82,16 +79,3 @@ def _train_into(cfg: RunConfig, out: Path, *, progress: bool, start: TrainState 
         raise
     checkpoint.remove(out)  # the run is over; trajectory.npz holds everything
     return result
-
-
-def _write_outputs(cfg: RunConfig, out: Path, result: TrainResult, started: float,
-                   start: TrainState | None) -> None:
-    probs = feature_probs(cfg.data)
-    traj = result.trajectory
-    save_npz(out / "trajectory.npz", trajectory_arrays(traj, probs))
-    save_parquet(out / "metrics.parquet", metrics_table(traj, probs))
-    atomic_write_json(out / "phases.json", detect_phases(traj, probs, cfg.eps, setting_name(cfg.data)))
-    extra = {"diverged_at": result.diverged_at} if result.status == "diverged" else {}
-    atomic_write_json(out / "summary.json", summarize(traj, cfg.eps, result.status, **extra))
-    atomic_write_json(out / "manifest.json", manifest(cfg, started, time.time(),
-                                                      **({"resumed_from": start.step} if start else {})))

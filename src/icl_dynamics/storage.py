@@ -29,8 +29,12 @@ import pyarrow.parquet as pq
 import yaml
 
 from .config import RunConfig, validate
+from .data import feature_probs, setting_name
 from .errors import ConfigError, RunDirError
-from .trainer import Trajectory
+from .measures import metrics_table, summarize
+from .phases import detect_phases
+from .trainer import TrainResult
+from .trajectory import Trajectory, expected_shapes, from_arrays, to_arrays
 
 ARTIFACTS = ("config.yaml", "manifest.json", "trajectory.npz", "metrics.parquet", "summary.json", "phases.json",
              "checkpoint.npz")
@@ -155,14 +159,23 @@ def manifest(cfg: RunConfig, started: float, ended: float, **extra: Any) -> dict
     }
 
 
-def trajectory_arrays(traj: Trajectory, probs: np.ndarray) -> dict[str, np.ndarray]:
-    out = {k: np.asarray(getattr(traj, k), np.float64) for k in Trajectory._fields}
-    out["probs"] = np.asarray(probs, np.float64)
-    return out
-
-
 def write_config(path: Path, cfg: RunConfig) -> None:
     atomic_write_text(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def write_run_dir(out: Path, cfg: RunConfig, result: TrainResult, started: float, **manifest_extra: Any) -> None:
+    """The outputs of a finished (or diverged) run: trajectory.npz, metrics.parquet, phases.json,
+    summary.json, then manifest.json (config.yaml is written when the run starts)."""
+    import time
+
+    probs = feature_probs(cfg.data)
+    traj = result.trajectory
+    save_npz(out / "trajectory.npz", to_arrays(traj, probs))
+    save_parquet(out / "metrics.parquet", metrics_table(traj, probs))
+    atomic_write_json(out / "phases.json", detect_phases(traj, probs, cfg.eps, setting_name(cfg.data)))
+    extra = {"diverged_at": result.diverged_at} if result.status == "diverged" else {}
+    atomic_write_json(out / "summary.json", summarize(traj, cfg.eps, result.status, **extra))
+    atomic_write_json(out / "manifest.json", manifest(cfg, started, time.time(), **manifest_extra))
 
 
 class Run(NamedTuple):
@@ -213,15 +226,13 @@ def load_trajectory(run_dir: Path, K: int) -> tuple[Trajectory, np.ndarray]:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError):
         raise RunDirError(f"{p} is damaged (not a readable .npz)") from None
     T = arrays["steps"].shape[0] if arrays["steps"].ndim == 1 else -1
-    want = {"steps": (T,), "loss": (T,), "feature_loss": (T, K), "scores": (T, K, K), "attention": (T, K, K),
-            "probs": (K,)}
+    want = {**expected_shapes(T, K), "probs": (K,)}
     for k, shape in want.items():
         if T < 1 or arrays[k].shape != shape:
             raise RunDirError(f"{p}: array '{k}' has shape {arrays[k].shape}, expected {shape} for K={K}")
         if arrays[k].dtype.kind not in "iuf":
             raise RunDirError(f"{p}: array '{k}' has dtype {arrays[k].dtype}, expected numbers")
-    traj = Trajectory(*(arrays[k].astype(np.float64) for k in Trajectory._fields))
-    return traj._replace(steps=arrays["steps"].astype(np.int64)), arrays["probs"]
+    return from_arrays(arrays), arrays["probs"]
 
 
 def load_run(path: str | Path) -> Run:

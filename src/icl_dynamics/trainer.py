@@ -30,9 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import RunConfig
-from .errors import ConfigError
-from .objectives import Engine, Metrics, build_engine
+from .engines import Engine, build_engine
+from .errors import ConfigError, Interrupted
 from .progress import progress_bar
+from .trajectory import Metrics, Trajectory, stack_rows
 
 CHUNK_ROWS = 16
 FAULT_ENV = "ICL_DYNAMICS_FAULT"
@@ -62,17 +63,6 @@ def fault_step_from_env() -> int | None:
     return int(m.group(1))
 
 
-class Trajectory(NamedTuple):
-    """Logged rows, numpy float64: steps (T,), loss (T,), feature_loss (T,K), scores (T,K,K),
-    attention (T,K,K)."""
-
-    steps: np.ndarray
-    loss: np.ndarray
-    feature_loss: np.ndarray
-    scores: np.ndarray
-    attention: np.ndarray
-
-
 class TrainResult(NamedTuple):
     trajectory: Trajectory
     params: Any
@@ -89,16 +79,6 @@ class TrainState(NamedTuple):
     step: int
     params: Any
     rows: Trajectory
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT/SIGTERM arrived; training stopped at a chunk boundary (after saving a checkpoint, if it had
-    somewhere to save one). Exit code 128 + signal number, as a shell reports a signal."""
-
-    def __init__(self, signum: int, step: int, saved: bool):
-        super().__init__(f"{signal.Signals(signum).name} at step {step}")
-        self.signum, self.step, self.saved = signum, step, saved
-        self.exit_code = 128 + signum
 
 
 def _all_finite(tree) -> jnp.ndarray:
@@ -132,13 +112,6 @@ def scan_rows(update, observe, static, consts, params, step, targets, fault_step
 # The functions and ``static`` are hashable compile-time constants; consts, params and targets are traced
 # values, so new lr / probabilities / seeds reuse the compiled code. Sweeps vmap ``scan_rows`` directly.
 advance = jax.jit(scan_rows, static_argnames=("update", "observe", "static", "fault_step"))
-
-
-def _stack(rows: list[tuple[np.ndarray, Metrics]]) -> Trajectory:
-    steps = np.concatenate([r[0] for r in rows])
-    m = [np.concatenate([np.asarray(getattr(r[1], f)) for r in rows]) for f in Metrics._fields]
-    keep = np.concatenate([[True], np.diff(steps) > 0])  # drop padding and post-divergence repeats
-    return Trajectory(steps[keep], *(x[keep] for x in m))
 
 
 @contextmanager
@@ -178,6 +151,13 @@ def train(engine: Engine, schedule: np.ndarray, *, progress: bool = True, fault_
     the current chunk, hand it over (reason ``"SIGINT"``/``"SIGTERM"``) and raise :class:`Interrupted`.
     Between boundaries nothing leaves the device. Where checkpoints fall never changes the numbers.
     """
+    with jax.enable_x64(True):
+        return _train(engine, schedule, progress, fault_step, description, start, checkpoint_every,
+                      on_checkpoint, min_checkpoint_seconds)
+
+
+def _train(engine, schedule, progress, fault_step, description, start, checkpoint_every, on_checkpoint,
+           min_checkpoint_seconds) -> TrainResult:
     total = int(schedule[-1])
     params, step, ok, first, rows = engine.init, 0, True, 0, []
     if start is not None:
@@ -187,7 +167,7 @@ def train(engine: Engine, schedule: np.ndarray, *, progress: bool = True, fault_
     last_saved, last_time = step, time.monotonic()
 
     def state(i: int) -> TrainState:
-        return TrainState(i, step, jax.device_get(params), _stack(rows))
+        return TrainState(i, step, jax.device_get(params), stack_rows(*zip(*rows)))
 
     with progress_bar(progress) as bar, _deferred_signals(on_checkpoint is not None) as signals:
         task = bar.add_task(description, total=total, completed=step)
@@ -212,8 +192,58 @@ def train(engine: Engine, schedule: np.ndarray, *, progress: bool = True, fault_
                     and time.monotonic() - last_time >= min_checkpoint_seconds:
                 on_checkpoint(state(done), "periodic")
                 last_saved, last_time = step, time.monotonic()
-    traj = _stack(rows)
+    traj = stack_rows(*zip(*rows))
     return TrainResult(traj, params, "completed" if ok else "diverged", None if ok else step + 1)
+
+
+def _batched(update, observe, static, consts, params, step, targets, fault_step=None):
+    """:func:`scan_rows` vmapped over the leading axis of consts, params and step (targets shared)."""
+
+    def one(c, p, s):
+        return scan_rows(update, observe, static, c, p, s, targets, fault_step)
+
+    return jax.vmap(one)(consts, params, step)
+
+
+# Like advance: functions and static are compile-time constants, so a sweep worker compiles once per batch
+# structure and reuses the code for every later batch of that structure.
+batched_advance = jax.jit(_batched, static_argnames=("update", "observe", "static", "fault_step"))
+
+
+def structure(engine: Engine, schedule: np.ndarray) -> tuple:
+    """Engines with equal structure (code, static options, array shapes, schedule) can be trained together
+    by :func:`train_batched`."""
+    leaves, treedef = jax.tree.flatten((engine.consts, engine.init))
+    return (engine.name, engine.static, engine.update, engine.observe, treedef,
+            tuple((np.shape(x), str(np.asarray(x).dtype)) for x in leaves), schedule.tobytes())
+
+
+def train_batched(engines: list[Engine], schedule: np.ndarray, fault_step: int | None = None) -> list[TrainResult]:
+    """Train engines of one :func:`structure` as one vmapped computation: the one vmapped path, used by
+    sweeps, reproduce and the benchmarks. Chunks of CHUNK_ROWS rows, as :func:`train`, so one compiled
+    chunk serves every schedule length. Results in input order; ``params`` are the final parameters."""
+    e0 = engines[0]
+    with jax.enable_x64(True):
+        consts = jax.tree.map(lambda *xs: np.stack(xs), *[e.consts for e in engines])
+        params = jax.tree.map(lambda *xs: np.stack(xs), *[e.init for e in engines])
+        step = np.zeros(len(engines), np.int64)
+        steps, metrics = [], []
+        for i in range(0, len(schedule), CHUNK_ROWS):
+            chunk = np.pad(schedule[i: i + CHUNK_ROWS], (0, max(0, i + CHUNK_ROWS - len(schedule))), mode="edge")
+            (params, step, ok), (row_steps, rows) = batched_advance(
+                e0.update, e0.observe, e0.static, consts, params, step, jnp.asarray(chunk), fault_step=fault_step)
+            steps.append(np.asarray(row_steps))
+            metrics.append(jax.device_get(rows))
+            if not np.any(np.asarray(ok)):
+                break
+        params, step, ok = jax.device_get((params, step, ok))
+    out = []
+    for i in range(len(engines)):
+        traj = stack_rows([s[i] for s in steps], [Metrics(*(np.asarray(x[i]) for x in m)) for m in metrics])
+        fine = bool(ok[i])
+        out.append(TrainResult(traj, jax.tree.map(lambda x: x[i], params), "completed" if fine else "diverged",
+                               None if fine else int(step[i]) + 1))
+    return out
 
 
 def run_training(cfg: RunConfig, *, progress: bool = True, start: TrainState | None = None,

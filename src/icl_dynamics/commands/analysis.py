@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from ..cli import command
 
@@ -41,13 +42,11 @@ def _configure_reproduce(p):
 @command("reproduce", "run the paper's experiments and write a report that checks each claim",
          _configure_reproduce)
 def _reproduce(args) -> int:
-    from ..experiments import FULL, QUICK, run_all
-    from ..report import prepare_output, write_report
+    from ..reproduce import FULL, QUICK, reproduce
 
     started = time.time()
-    out = prepare_output(args.out, args.overwrite)
-    results = run_all(QUICK if args.quick else FULL, out, progress=not args.quiet)
-    write_report(out, results)
+    reproduce(args.out, QUICK if args.quick else FULL, overwrite=args.overwrite, progress=not args.quiet)
+    out = Path(args.out)
     claims = json.loads((out / "claims.json").read_text())
     for c in claims:
         print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['claim']}")

@@ -30,7 +30,7 @@ def _configure_sweep(p):
 @command("sweep", "run a grid of configs (vectorised; local workers or a Dask cluster) into a sweep table",
          _configure_sweep)
 def _sweep(args) -> int:
-    from ..sweep import TABLE_FILE, run_sweep
+    from ..sweeps import TABLE_FILE, run_sweep
 
     if args.cluster is not None and args.workers is not None:
         raise UserError("--workers is for local runs; a --cluster brings its own workers")
@@ -55,7 +55,7 @@ def _configure_plot_sweep(p):
 @command("plot-sweep", "draw a phase diagram (--x, --y) or a scaling plot with fitted exponent (--x) of a sweep",
          _configure_plot_sweep)
 def _plot_sweep(args) -> int:
-    from ..sweep_plots import plot_sweep
+    from ..sweeps.figures import plot_sweep
 
     path, fit = plot_sweep(args.sweep_dir, args.x, args.value, args.y, args.out)
     if fit is not None:

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 
 from ..config import RunConfig
-from ..data import CountTable, count_table, feature_probs, seed_key
-from ..model import ATTENTION
-from . import Engine, Metrics, register_engine
+from ..data import CountTable, count_table, exact_table_size, feature_probs, seed_key
+from ..registry import ATTENTION, ENGINES
+from . import Engine, EngineSpec, Metrics
 
 # The matrix path shifts each query row by its largest score, so e^{s - max} lies in [e^{-spread}, 1] and
 # its square in [e^{-2 spread}, 1]. With spread <= 300 every intermediate (and 1/Z <= e^{300}) stays a
@@ -143,7 +143,6 @@ def observe(static: PopStatic, c: PopConsts, scores) -> Metrics:
     return Metrics(c.probs @ feature_loss, feature_loss, scores, attention)
 
 
-@register_engine("population")
 def build(cfg: RunConfig) -> Engine:
     d, t = cfg.data, cfg.train
     probs = feature_probs(d)
@@ -153,3 +152,25 @@ def build(cfg: RunConfig) -> Engine:
     static = PopStatic(cfg.model.include_query_in_softmax, cfg.model.attention)
     K = d.num_features
     return Engine("population", static, consts, jnp.zeros((K, K), jnp.float64), update, observe)
+
+
+def shape_key(cfg: RunConfig) -> tuple:
+    """N, p, lr and the seed are values in a mean-field or Monte Carlo table; an exact table's size depends
+    on N (and on which count vectors have non-zero probability, which the sweep worker checks)."""
+    d, t = cfg.data, cfg.train
+    size = {"exact": ("N", d.prompt_length), "monte_carlo": ("M", t.count_samples), "mean_field": ()}
+    return (d.num_features, t.expectation, size[t.expectation])
+
+
+def sizes(cfg: RunConfig) -> list[tuple[str, str, int]]:
+    d, t = cfg.data, cfg.train
+    K = d.num_features
+    if t.expectation == "exact":
+        return [("train.expectation", "exact table C(N+K-1, K-1) x K",
+                 exact_table_size(d.prompt_length, K, t.max_exact_table) * K)]
+    if t.expectation == "monte_carlo":
+        return [("train.count_samples", "count_samples x K^2", t.count_samples * K * K)]
+    return []
+
+
+ENGINES.register("population")(EngineSpec(build, shape_key, sizes))

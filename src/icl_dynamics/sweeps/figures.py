@@ -19,9 +19,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from .errors import UserError  # noqa: E402
-from .observers import PowerLaw  # noqa: E402,F401  (re-exported)
-from .observers import fit_power_law as _fit  # noqa: E402
+from ..errors import UserError  # noqa: E402
+from ..measures import PowerLaw  # noqa: E402,F401  (re-exported)
+from ..measures import fit_power_law as _fit  # noqa: E402
 
 # names used in the issue text for the same columns
 ALIASES = {"minor_time_to_eps": "time_to_eps_minor", "dominant_time_to_eps": "time_to_eps_dominant"}
@@ -132,7 +132,7 @@ def plot_scaling(df: pd.DataFrame, x: str, value: str, out: str | Path, level: f
 
 
 def _save(fig, out: str | Path) -> Path:
-    from .plots import save
+    from ..plots import save
 
     if Path(out).is_dir():
         raise UserError(f"--out '{out}' is a directory; give a .png path")
@@ -142,7 +142,7 @@ def _save(fig, out: str | Path) -> Path:
 def plot_sweep(sweep_dir: str | Path, x: str, value: str, y: str | None = None,
                out: str | Path | None = None) -> tuple[Path, PowerLaw | None]:
     """The heatmap (with ``y``) or the scaling plot (without) of a sweep directory."""
-    from .sweep import load_sweep
+    from .store import load_sweep
 
     df = load_sweep(sweep_dir)
     if df.empty:

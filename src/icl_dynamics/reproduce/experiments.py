@@ -1,5 +1,8 @@
 """The experiments behind ``reproduce``: two default runs, mean-field sweeps, and log-log fits.
 
+The sweeps are sweep specs (``base`` + ``grid``), expanded by :func:`sweeps.expand` and trained by
+:func:`trainer.train_batched`, the one vmapped path.
+
 Everything runs on the population engine:
 
 - the two main runs (balanced, imbalanced) use the config defaults (K = 16, N = 256, lr = 1, eps = 1e-2)
@@ -22,21 +25,24 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .config import RunConfig, with_overrides
-from .data import feature_probs, setting_name
-from .objectives import build_engine
-from .observers import fit_power_law
-from .phases import crossing, detect_phases, loss_crossing
-from .progress import progress_bar
-from .runner import execute
-from .storage import load_run
-from .trainer import Trajectory, train
+from ..config import RunConfig, with_overrides
+from ..data import feature_probs, setting_name
+from ..engines import build_engine
+from ..measures import fit_power_law
+from ..phases import crossing, detect_phases, loss_crossing
+from ..progress import progress_bar
+from ..runner import execute
+from ..storage import load_run
+from ..sweeps import expand, parse_spec
+from ..trainer import structure, train_batched
+from ..trajectory import Trajectory
 
 MAX_DOUBLINGS = 4
 LOG_RATIO = 1.01  # consecutive logged steps of a sweep run differ by at most 1 %
@@ -92,12 +98,10 @@ def geometric_schedule(steps: int, ratio: float = LOG_RATIO) -> np.ndarray:
 
 
 def fit_power(x, y, level: float = 0.95) -> dict[str, Any] | None:
-    """OLS of log y on log x: y ~ c x^b (:func:`observers.fit_power_law`). Returns exponent b, its ``level``
-    t-interval, c and n (None with fewer than 3 usable points: no interval)."""
-    f = fit_power_law(x, y, level)
-    if f is None or f.n < 3:
-        return None
-    return {"exponent": f.exponent, "ci": [f.lo, f.hi], "prefactor": f.prefactor, "n": f.n, "level": level}
+    """:func:`measures.fit_power_law` as results.json stores it; None with fewer than 3 usable points (no
+    interval)."""
+    f = fit_power_law(x, y, level, min_points=3)
+    return None if f is None else f.to_json()
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -137,21 +141,58 @@ def unpad(traj: Trajectory, K: int) -> Trajectory:
                          attention=traj.attention[:, :K, :K])
 
 
-def measure(cfg: RunConfig, steps: int, read: Callable[[Trajectory], dict[str, Any]],
-            shapes: tuple[int, ...] = ()) -> dict[str, Any]:
-    """Train ``cfg`` (padded to the smallest of ``shapes`` that fits, if any; no own progress bar) and
-    ``read`` its trajectory, doubling the steps until every measurement is reached or the run diverges."""
-    K = cfg.data.num_features
-    engine = build_engine(padded(cfg, min([s for s in shapes if s >= K], default=K)))
-    for _ in range(MAX_DOUBLINGS + 1):
-        result = train(engine, geometric_schedule(steps), progress=False)
-        result = result._replace(trajectory=unpad(result.trajectory, K))
-        m = read(result.trajectory)
-        if _complete(m) or result.status == "diverged":
+class Item(NamedTuple):
+    """One sweep member: its config, a first guess of the steps it needs, and what to read off its
+    trajectory (a dict of measurements, None where not reached)."""
+
+    config: RunConfig
+    steps: int
+    read: Callable[[Trajectory], dict[str, Any]]
+
+
+def measure(items: list[Item], shapes: tuple[int, ...], prog: "_Progress", label: str) -> list[dict[str, Any]]:
+    """Train every item (padded to the smallest of ``shapes`` that fits) and read its trajectory, doubling
+    the steps of the items not yet complete (up to ``MAX_DOUBLINGS`` times) unless they diverged. Items
+    whose engines share a structure (shapes and schedule) train as one vmapped batch."""
+    Ks = [it.config.data.num_features for it in items]
+    engines = [build_engine(padded(it.config, min([s for s in shapes if s >= K], default=K)))
+               for it, K in zip(items, Ks)]
+    steps = [it.steps for it in items]
+    out: list[dict[str, Any]] = [{} for _ in items]
+    todo = list(range(len(items)))
+    for attempt in range(MAX_DOUBLINGS + 1):
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i in todo:
+            groups[structure(engines[i], geometric_schedule(steps[i]))].append(i)
+        todo = []
+        for idx in groups.values():
+            prog.describe(f"{label} ({len(idx)} run{'s' if len(idx) > 1 else ''})")
+            for i, res in zip(idx, train_batched([engines[i] for i in idx], geometric_schedule(steps[idx[0]]))):
+                traj = unpad(res.trajectory, Ks[i])
+                m = items[i].read(traj)
+                out[i] = {**m, "steps": int(traj.steps[-1]), "status": res.status, "trajectory": traj}
+                if _complete(m) or res.status == "diverged" or attempt == MAX_DOUBLINGS:
+                    prog.advance()
+                else:
+                    steps[i] *= 2
+                    todo.append(i)
+        if not todo:
             break
-        steps *= 2
-    return {**m, "steps": int(result.trajectory.steps[-1]), "status": result.status,
-            "trajectory": result.trajectory}
+    return out
+
+
+def sweep_items(plan: Plan, grid: dict[str, list], read: Callable[[RunConfig], Callable[[Trajectory], dict]],
+                eps: float | None = None, **base: Any) -> list[Item]:
+    """The members of a mean-field sweep spec over ``grid`` (dotted keys) around the plan's defaults."""
+    tree = {"data.num_features": plan.K, "data.prompt_length": plan.N, "data.dominant_prob": plan.p1,
+            "train.lr": plan.lr, "eps": plan.eps, "train.expectation": "mean_field", **base}
+    items = []
+    for run in expand(parse_spec({"base": tree, "grid": grid})):
+        cfg = run.config
+        p = feature_probs(cfg.data)
+        items.append(Item(cfg, _estimate(cfg.data.num_features, cfg.train.lr, eps or cfg.eps, float(p.min())),
+                          read(cfg)))
+    return items
 
 
 def _estimate(K: int, lr: float, eps: float, p_min: float) -> int:
@@ -160,15 +201,21 @@ def _estimate(K: int, lr: float, eps: float, p_min: float) -> int:
 
 
 class _Progress:
-    """One rich bar over all runs of ``reproduce``; the description names the current run."""
+    """One rich bar over all runs of ``reproduce``; the description names the current run or batch."""
 
     def __init__(self, bar, total: int):
         self.bar, self.task = bar, bar.add_task("reproduce", total=total)
 
-    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+    def describe(self, name: str) -> None:
         self.bar.update(self.task, description=f"reproduce: {name}")
-        out = fn()
+
+    def advance(self) -> None:
         self.bar.advance(self.task)
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        self.describe(name)
+        out = fn()
+        self.advance()
         return out
 
 
@@ -196,50 +243,44 @@ def main_runs(plan: Plan, out: Path, prog: _Progress) -> dict[str, Any]:
 
 def sweeps(plan: Plan, prog: _Progress) -> tuple[dict[str, Any], dict[str, Any]]:
     """Mean-field sweeps over K, eps, lr and p_1; also the spec section 6 check when K = 16 is swept."""
+    def by_setting(cfg: RunConfig):
+        if cfg.data.probs == "balanced":
+            return lambda t: balanced_times(t, [cfg.eps])
+        return lambda t: imbalanced_times(t, cfg.eps)
+
     sw: dict[str, Any] = {}
     spec = None
-    rows_b, rows_i = [], []
-    for K in plan.K_values:
-        cfg = base_config(plan, data__num_features=K, data__probs="balanced")
-        rows_b.append(prog.run(f"K sweep, balanced K={K}", lambda: measure(
-            cfg, _estimate(K, plan.lr, plan.eps, 1 / K), lambda t: balanced_times(t, [plan.eps]), plan.shapes)))
-        cfg = base_config(plan, data__num_features=K, data__probs="imbalanced")
-        pmin = (1 - plan.p1) / (K - 1)
-        m = prog.run(f"K sweep, imbalanced K={K}", lambda: measure(
-            cfg, _estimate(K, plan.lr, plan.eps, pmin), lambda t: imbalanced_times(t, plan.eps), plan.shapes))
-        rows_i.append(m)
+    items = sweep_items(plan, {"data.num_features": list(plan.K_values), "data.probs": ["balanced", "imbalanced"]},
+                        by_setting)
+    rows = measure(items, plan.shapes, prog, "K sweep")
+    rows_b, rows_i = rows[0::2], rows[1::2]
+    for K, m, it in zip(plan.K_values, rows_i, items[1::2]):
         if K == 16 and plan.p1 == 0.5 and plan.lr == 1.0 and plan.eps == 1e-2:
-            spec = spec_check(m["trajectory"], feature_probs(cfg.data), plan.eps)
+            spec = spec_check(m["trajectory"], feature_probs(it.config.data), plan.eps)
     sw["K"] = {"expectation": "mean_field", "probs": "balanced and imbalanced", "x": list(plan.K_values),
                "phase1": [r["phase1"] for r in rows_b], "time_to_eps": [r["time_to_eps"][0] for r in rows_b],
                "dominant": [r["dominant"] for r in rows_i], "minor": [r["minor"] for r in rows_i],
                "steps": [max(a["steps"], b["steps"]) for a, b in zip(rows_b, rows_i)]}
 
     K = plan.sweep_K
-    cfg = base_config(plan, data__num_features=K, data__probs="balanced")
-    m = prog.run(f"eps sweep, balanced K={K}", lambda: measure(
-        cfg, _estimate(K, plan.lr, min(plan.eps_values), 1 / K),
-        lambda t: balanced_times(t, plan.eps_values), plan.shapes))
+    items = sweep_items(plan, {"data.probs": ["balanced"]}, lambda cfg: lambda t: balanced_times(t, plan.eps_values),
+                        eps=min(plan.eps_values), **{"data.num_features": K})
+    m = measure(items, plan.shapes, prog, f"eps sweep, balanced K={K}")[0]
     sw["eps"] = {"expectation": "mean_field", "probs": "balanced", "K": K, "x": list(plan.eps_values),
                  "phase1": m["phase1"], "time_to_eps": m["time_to_eps"],
                  "phase2": [None if t is None or m["phase1"] is None else t - m["phase1"] for t in m["time_to_eps"]],
                  "steps": m["steps"]}
 
-    rows = []
-    for lr in plan.lr_values:
-        cfg = base_config(plan, data__num_features=K, data__probs="balanced", train__lr=lr)
-        rows.append(prog.run(f"lr sweep, lr={lr:g}", lambda: measure(
-            cfg, _estimate(K, lr, plan.eps, 1 / K), lambda t: balanced_times(t, [plan.eps]), plan.shapes)))
+    items = sweep_items(plan, {"train.lr": list(plan.lr_values)}, by_setting,
+                        **{"data.num_features": K, "data.probs": "balanced"})
+    rows = measure(items, plan.shapes, prog, "lr sweep")
     sw["lr"] = {"expectation": "mean_field", "probs": "balanced", "K": K, "x": list(plan.lr_values),
                 "phase1": [r["phase1"] for r in rows], "time_to_eps": [r["time_to_eps"][0] for r in rows],
                 "status": [r["status"] for r in rows], "steps": [r["steps"] for r in rows]}
 
-    rows = []
-    for p1 in plan.p1_values:
-        cfg = base_config(plan, data__num_features=K, data__probs="imbalanced", data__dominant_prob=p1)
-        pmin = (1 - p1) / (K - 1)
-        rows.append(prog.run(f"p1 sweep, p1={p1:g}", lambda: measure(
-            cfg, _estimate(K, plan.lr, plan.eps, pmin), lambda t: imbalanced_times(t, plan.eps), plan.shapes)))
+    items = sweep_items(plan, {"data.dominant_prob": list(plan.p1_values)}, by_setting,
+                        **{"data.num_features": K, "data.probs": "imbalanced"})
+    rows = measure(items, plan.shapes, prog, "p1 sweep")
     sw["p1"] = {"expectation": "mean_field", "probs": "imbalanced", "K": K, "x": list(plan.p1_values),
                 "p_minor": [(1 - p) / (K - 1) for p in plan.p1_values],
                 "dominant": [r["dominant"] for r in rows], "minor": [r["minor"] for r in rows],

@@ -18,8 +18,10 @@ from helpers import gd
 from icl_dynamics.cli import main
 from icl_dynamics.data import feature_probs
 from icl_dynamics.storage import load_run
-from icl_dynamics.sweep import (ROWS_DIR, expand, load_spec, load_sweep, plan_batches, run_sweep)
-from icl_dynamics.sweep_plots import fit_power_law
+from icl_dynamics.sweeps import expand, load_spec, load_sweep, run_sweep
+from icl_dynamics.sweeps.plan import plan_batches
+from icl_dynamics.sweeps.store import ROWS_DIR
+from icl_dynamics.sweeps.figures import fit_power_law
 from icl_dynamics.trainer import run_training
 
 # 8 runs in 2 vmapped batches (exact tables with N = 8; mean field), 2 seeds each. eps = 0.2 lies above the
@@ -165,7 +167,7 @@ def test_resume_after_kill_9(tmp_path):
     spec = {"base": dict(SPEC["base"], **{"train.expectation": "mean_field"}),
             "grid": {"data.dominant_prob": {"linspace": [0.4, 0.8, 16]}}, "max_batch": 4}
     assert len(plan_batches(expand(load_spec(spec)), 4)) == 4
-    code = f"from icl_dynamics.sweep import run_sweep; run_sweep({spec!r}, {str(out)!r}, workers=1, progress=False)"
+    code = f"from icl_dynamics.sweeps import run_sweep; run_sweep({spec!r}, {str(out)!r}, workers=1, progress=False)"
     proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, JAX_PLATFORMS="cpu"))
     deadline = time.time() + 60
     while not list((out / ROWS_DIR).glob("*.parquet")) and time.time() < deadline and proc.poll() is None:

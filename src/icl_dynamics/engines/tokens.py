@@ -21,8 +21,8 @@ import jax.numpy as jnp
 
 from ..config import RunConfig
 from ..data import Prompts, feature_matrix, feature_probs, sample_prompts, seed_key
-from ..model import ATTENTION
-from . import Engine, Metrics, register_engine
+from ..registry import ATTENTION, ENGINES
+from . import Engine, EngineSpec, Metrics
 
 
 class TokStatic(NamedTuple):
@@ -96,7 +96,6 @@ def observe(static: TokStatic, c: TokConsts, Q) -> Metrics:
     return Metrics(c.probs @ feature_loss, feature_loss, scores, attention)
 
 
-@register_engine("tokens")
 def build(cfg: RunConfig) -> Engine:
     d, t = cfg.data, cfg.train
     probs = jnp.asarray(feature_probs(d))
@@ -107,3 +106,19 @@ def build(cfg: RunConfig) -> Engine:
                        feature_counts(eval_feat, d.num_features))
     static = TokStatic(d.prompt_length, t.batch_size, cfg.model.include_query_in_softmax, cfg.model.attention)
     return Engine("tokens", static, consts, jnp.zeros((d.dim, d.dim), jnp.float64), update, observe)
+
+
+def shape_key(cfg: RunConfig) -> tuple:
+    d, t = cfg.data, cfg.train
+    return (d.num_features, d.dim, d.prompt_length, t.batch_size, t.eval_prompts)
+
+
+def sizes(cfg: RunConfig) -> list[tuple[str, str, int]]:
+    d, t = cfg.data, cfg.train
+    K, N, dim = d.num_features, d.prompt_length, d.dim
+    return [("data.dim", "the d x d parameter, its gradient and the update (3 d^2)", 3 * dim * dim),
+            ("train.batch_size", "batch_size x (N+1) x max(d, K) per step", t.batch_size * (N + 1) * max(dim, K)),
+            ("train.eval_prompts", "eval_prompts x N x K", t.eval_prompts * N * K)]
+
+
+ENGINES.register("tokens")(EngineSpec(build, shape_key, sizes, rng_key=lambda consts: consts.key))

@@ -1,0 +1,139 @@
+"""Sweep specs: the YAML a user writes (``base``, ``grid``, ``seeds``...), validated and expanded into one
+validated run config per grid point (docs/sweeps.md)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..config import RunConfig, flatten, read_yaml, set_dotted, validate, with_overrides
+from ..errors import ConfigError, SweepError
+
+AXIS_FORMS = ("range", "linspace", "logspace", "int_logspace")
+
+
+class SweepSpec(BaseModel):
+    """The top level of a sweep YAML. ``base`` and ``grid`` keys are dotted config keys."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    base: dict[str, Any] = Field(default_factory=dict, description="config values shared by every run")
+    grid: dict[str, Any] = Field(default_factory=dict, description="axes; the sweep is their product")
+    seeds: int | None = Field(None, ge=1, description="shorthand for the axis seed: {range: [0, seeds]}")
+    keep_trajectories: bool = Field(False, description="write a run directory per run under runs/")
+    max_batch: int = Field(16, ge=1, description="most runs in one vectorised batch")
+
+
+def _axis_values(key: str, raw: Any) -> list[Any]:
+    """Expand one grid axis: a list, or one of {range|linspace|logspace|int_logspace: [...]}."""
+    where = f"grid '{key}'"
+    if isinstance(raw, list):
+        if not raw:
+            raise SweepError(f"{where} is an empty list")
+        return raw
+    if not (isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in AXIS_FORMS):
+        raise SweepError(f"{where} must be a list or one of {{range|linspace|logspace|int_logspace: [...]}}, "
+                         f"got {raw!r}")
+    form, args = next(iter(raw.items()))
+    nums = args if isinstance(args, list) else None
+    if nums is None or any(isinstance(a, bool) or not isinstance(a, (int, float)) for a in nums):
+        raise SweepError(f"{where}: {form} expects a list of numbers, got {args!r}")
+    if form == "range":
+        if not 1 <= len(nums) <= 3 or any(not isinstance(a, int) for a in nums):
+            raise SweepError(f"{where}: range expects [stop], [start, stop] or [start, stop, step] integers "
+                             f"(stop excluded), got {args!r}")
+        if len(nums) == 3 and nums[2] == 0:
+            raise SweepError(f"{where}: range step must not be 0")
+        values: list[Any] = list(range(*nums))
+    else:
+        if len(nums) != 3 or not isinstance(nums[2], int) or nums[2] < 1:
+            raise SweepError(f"{where}: {form} expects [first, last, count] with an integer count >= 1, "
+                             f"got {args!r}")
+        lo, hi, n = float(nums[0]), float(nums[1]), nums[2]
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise SweepError(f"{where}: {form} bounds must be finite, got {args!r}")
+        if form == "linspace":
+            values = [float(v) for v in np.linspace(lo, hi, n)]
+        elif lo <= 0 or hi <= 0:
+            raise SweepError(f"{where}: {form} bounds must be > 0, got {args!r}")
+        elif form == "logspace":
+            values = [float(v) for v in np.geomspace(lo, hi, n)]
+        else:  # int_logspace: rounded, duplicates dropped, order kept
+            values = list(dict.fromkeys(int(v) for v in np.rint(np.geomspace(lo, hi, n))))
+    if not values:
+        raise SweepError(f"{where}: {form} {args!r} gives no values")
+    return values
+
+
+def parse_spec(obj: dict[str, Any]) -> SweepSpec:
+    """Validate the top level of a spec; one-line :class:`SweepError` naming the bad key."""
+    if not isinstance(obj, dict):
+        raise SweepError(f"a sweep spec must be a mapping, not {type(obj).__name__}")
+    try:
+        spec = SweepSpec.model_validate(obj)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(SweepSpec.model_fields)
+            raise SweepError(f"unknown sweep key '{loc}' (known: {known})") from None
+        raise SweepError(f"invalid sweep value for '{loc}': {err['msg']} (got {err.get('input')!r})") from None
+    if spec.seeds is not None and "seed" in spec.grid:
+        raise SweepError("give the seeds either as 'seeds:' or as the grid axis 'seed', not both")
+    return spec
+
+
+def normalise(spec: SweepSpec) -> dict[str, Any]:
+    """The spec as stored in sweep.yaml: base flattened to dotted keys, axes as written."""
+    d = spec.model_dump(mode="json")
+    d["base"] = flatten(d["base"])
+    return d
+
+
+def load_spec(spec: SweepSpec | dict[str, Any] | str | Path) -> SweepSpec:
+    if isinstance(spec, SweepSpec):
+        return spec
+    if isinstance(spec, dict):
+        return parse_spec(spec)
+    return parse_spec(read_yaml(spec))
+
+
+class PlannedRun(NamedTuple):
+    index: int  # position in the grid (first occurrence)
+    config: RunConfig
+    hash: str
+
+
+def expand(spec: SweepSpec) -> list[PlannedRun]:
+    """Every grid point as a validated config, in grid order; configs with equal hashes appear once."""
+    tree: dict[str, Any] = {}
+    flat_base = flatten(spec.base)
+    for key, value in flat_base.items():
+        set_dotted(tree, key, value)
+    try:
+        base = validate(tree)
+    except ConfigError as e:
+        raise SweepError(f"sweep base: {e}") from None
+    axes = {k: _axis_values(k, v) for k, v in spec.grid.items()}
+    if spec.seeds is not None:
+        axes["seed"] = list(range(spec.seeds))
+    if not axes:
+        raise SweepError("the grid is empty; give at least one axis under 'grid:' (or 'seeds:')")
+    keys = list(axes)
+    # a d set in the base stays fixed; otherwise with_overrides keeps d tied to K
+    pinned = {"data.dim": base.data.dim} if "data.dim" in flat_base else {}
+    runs: dict[str, PlannedRun] = {}
+    for i, combo in enumerate(np.ndindex(*(len(axes[k]) for k in keys))):
+        point = {k: axes[k][j] for k, j in zip(keys, combo)}
+        try:
+            cfg = with_overrides(base, {**pinned, **point})
+        except ConfigError as e:
+            shown = ", ".join(f"{k}={v!r}" for k, v in point.items())
+            raise SweepError(f"{e} (grid point {shown})") from None
+        h = cfg.hash()
+        runs.setdefault(h, PlannedRun(i, cfg, h))
+    return list(runs.values())
+

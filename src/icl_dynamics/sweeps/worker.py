@@ -1,0 +1,50 @@
+"""The sweep worker: a batch of configs in, one row per run out. Pure (no files), so it runs the same in
+this process, a local worker process or a remote Dask worker."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..config import validate
+from ..data import feature_probs
+from ..engines import build_engine
+from ..measures import sweep_row
+from ..trainer import fault_step_from_env, log_schedule, structure, train_batched
+from ..trajectory import to_arrays
+
+
+class Outcome(NamedTuple):
+    """One run of a batch: its sweep row (measures.sweep_row, plus batch_runs and wall_time_s) and, when
+    trajectories are kept, the arrays of its trajectory.npz."""
+
+    row: dict[str, Any]
+    trajectory: dict[str, np.ndarray] | None
+
+
+def run_batch(configs: list[dict[str, Any]], keep_trajectories: bool = False) -> list[Outcome]:
+    """Train a batch of runs (config dicts, as sent to workers) with ``vmap``; one Outcome per run, in order."""
+    started = time.time()
+    cfgs = [validate(c) for c in configs]
+    engines = [build_engine(c) for c in cfgs]
+    schedules = [log_schedule(c.train.steps, c.train.log_every) for c in cfgs]
+    subgroups: dict[tuple, list[int]] = defaultdict(list)
+    for i, (e, s) in enumerate(zip(engines, schedules)):
+        subgroups[structure(e, s)].append(i)
+    fault = fault_step_from_env()
+    trained: dict[int, tuple] = {}
+    for idx in subgroups.values():
+        for i, res in zip(idx, train_batched([engines[i] for i in idx], schedules[idx[0]], fault)):
+            trained[i] = (res, len(idx))
+    per_run_s = (time.time() - started) / len(cfgs)
+    out = []
+    for i, cfg in enumerate(cfgs):
+        res, vmapped = trained[i]
+        probs = feature_probs(cfg.data)
+        row = sweep_row(cfg, res.trajectory, probs, res.status, res.diverged_at)
+        row.update(batch_runs=vmapped, wall_time_s=per_run_s)
+        out.append(Outcome(row, to_arrays(res.trajectory, probs) if keep_trajectories else None))
+    return out
