@@ -78,6 +78,11 @@ BAD_VALUES: dict[str, st.SearchStrategy] = {
     "train.batch_size": _pos_int_bad,
     "train.eval_prompts": _pos_int_bad,
     "train.lr": st.one_of(_outside(0.0), st.just(float("inf"))),
+    "train.optimizer": st.one_of(st.text(max_size=8).filter(lambda s: s not in ("gd", "sgd_momentum", "adam",
+                                                                              "adamw")), st.integers(), st.none()),
+    "train.optimizer_args": st.one_of(  # gd takes no arguments; non-numbers and non-mappings are refused
+        st.dictionaries(st.sampled_from(["momentum", "b1", "lr", "x"]), st.floats(0, 1), min_size=1, max_size=2),
+        st.integers(), st.text(max_size=4), st.lists(st.integers(), max_size=2)),
     "train.steps": _pos_int_bad,
     "train.log_every": _opt_pos_int_bad,
     "train.max_exact_table": _pos_int_bad,

@@ -3,6 +3,7 @@
 Arrays (all float64 unless noted), no pickle:
 
     param_0 .. param_{L-1}   the parameter pytree's leaves (the trainer's params at a chunk boundary)
+    opt_0 .. opt_{M-1}       the optimizer state's leaves (none for plain GD)
     rows_steps (R,) int64    logged steps so far (= schedule[:R])
     rows_loss (R,), rows_feature_loss (R, K), rows_scores (R, K, K), rows_attention (R, K, K)
     rng_key uint32           the engine's random key, where its EngineSpec.rng_key says it lives; empty if none
@@ -28,7 +29,7 @@ from .config import RunConfig
 from .engines import Engine, rng_key_of
 from .errors import RunDirError
 from .storage import save_npz
-from .trainer import CHUNK_ROWS, TrainState
+from .trainer import CHUNK_ROWS, TrainState, initial_state
 from .trajectory import Trajectory, expected_shapes
 
 CHECKPOINT = "checkpoint.npz"
@@ -54,6 +55,7 @@ def save(run_dir: Path, cfg: RunConfig, engine: Engine, state: TrainState, reaso
 
     leaves = jax.tree.leaves(state.params)
     arrays: dict[str, np.ndarray] = {f"param_{i}": np.asarray(x) for i, x in enumerate(leaves)}
+    arrays.update({f"opt_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state.opt_state))})
     arrays.update({name: np.asarray(x) for name, x in zip(_ROWS, state.rows)})
     arrays["rng_key"] = rng_key_of(engine)
     meta = {"format": FORMAT, "version": __version__, "config_hash": cfg.hash(), "engine": engine.name,
@@ -100,8 +102,12 @@ def load(run_dir: Path, cfg: RunConfig, engine: Engine, schedule: np.ndarray) ->
     K = cfg.data.num_features
     want = {f"rows_{k}": (shape, np.int64 if k == "steps" else np.float64)
             for k, shape in expected_shapes(index, K).items()}
-    init_leaves, treedef = jax.tree.flatten(engine.init)
+    with jax.enable_x64(True):
+        init_params, init_opt = initial_state(engine)
+    init_leaves, treedef = jax.tree.flatten(init_params)
+    opt_leaves, opt_treedef = jax.tree.flatten(init_opt)
     want.update({f"param_{i}": (x.shape, x.dtype) for i, x in enumerate(init_leaves)})
+    want.update({f"opt_{i}": (np.shape(x), np.asarray(x).dtype) for i, x in enumerate(opt_leaves)})
     want["rng_key"] = (rng_key_of(engine).shape, rng_key_of(engine).dtype)
     for name, (shape, dtype) in want.items():
         a = arrays.get(name)
@@ -113,7 +119,9 @@ def load(run_dir: Path, cfg: RunConfig, engine: Engine, schedule: np.ndarray) ->
     if not np.array_equal(arrays["rng_key"], rng_key_of(engine)):
         raise RunDirError(f"{bad} (its RNG key differs from the one this version derives from the seed)")
     params = [arrays[f"param_{i}"] for i in range(len(init_leaves))]
-    if not all(np.all(np.isfinite(x)) for x in params):
+    opt = [arrays[f"opt_{i}"] for i in range(len(opt_leaves))]
+    if not all(np.all(np.isfinite(x)) for x in params + [o for o in opt if o.dtype.kind == "f"]):
         raise RunDirError(f"{bad} (non-finite parameters)")
     rows = Trajectory(*(arrays[name] for name in _ROWS))
-    return TrainState(index, step, jax.tree.unflatten(treedef, params), rows), meta
+    return TrainState(index, step, jax.tree.unflatten(treedef, params), rows,
+                      jax.tree.unflatten(opt_treedef, opt)), meta

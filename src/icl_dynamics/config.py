@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .registry import ATTENTION, DISTRIBUTIONS, ENGINES
+from .registry import ATTENTION, DISTRIBUTIONS, ENGINES, OPTIMIZERS
 
 ProbsSpec = str | list[float]  # a name registered in registry.DISTRIBUTIONS, or explicit probabilities
 
@@ -100,6 +100,9 @@ class TrainConfig(_Strict):
     batch_size: int = Field(256, ge=1, le=10**7, description="prompts per step (tokens engine)")
     eval_prompts: int = Field(512, ge=1, le=10**7, description="fixed prompts for tokens-engine metrics, per query feature")
     lr: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+    optimizer: str = Field("gd", description="a registered optimizer (optim.py): gd | sgd_momentum | adam | adamw")
+    optimizer_args: dict[str, float | bool] = Field(default_factory=dict, description="the optimizer's "
+                                                    "hyperparameters, e.g. {momentum: 0.9} or {b1: 0.9, b2: 0.999}")
     steps: int = Field(3000, ge=1, le=10**12)  # the minor features reach eps (~2060 at N=256) in the default run
     log_every: int | None = Field(None, ge=1, description="None: log-spaced plus linear schedule")
     max_exact_table: int = Field(2_000_000, ge=1, description="largest count table 'exact' will enumerate")
@@ -110,6 +113,23 @@ class TrainConfig(_Strict):
     @classmethod
     def _known(cls, v: str) -> str:
         return ENGINES.check(v)
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, v: str) -> str:
+        return OPTIMIZERS.check(v)
+
+    @model_validator(mode="after")
+    def _optimizer_args(self) -> TrainConfig:
+        from .optim import check_args
+
+        try:
+            check_args(self.optimizer, self.optimizer_args)
+        except ValueError as e:
+            raise ValueError(f"optimizer_args: {e}") from None
+        if any(not math.isfinite(v) for v in self.optimizer_args.values()):
+            raise ValueError("optimizer_args: values must be finite numbers")
+        return self
 
 
 MAX_ARRAY_ELEMENTS = 5 * 10**8

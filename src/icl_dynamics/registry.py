@@ -1,5 +1,5 @@
 """One small registry type for everything a user can name in a config: feature distributions, attention
-variants and engines.
+variants, engines and optimizers.
 
 A registry knows the module that registers its built-in entries and imports it on first lookup, so
 ``config.py`` can validate a name without importing the modules that implement it (no import circle):
@@ -65,3 +65,4 @@ class Registry(Generic[T]):
 DISTRIBUTIONS: Registry = Registry("distribution", "icl_dynamics.data")
 ATTENTION: Registry = Registry("attention", "icl_dynamics.model")
 ENGINES: Registry = Registry("engine", "icl_dynamics.engines")
+OPTIMIZERS: Registry = Registry("optimizer", "icl_dynamics.optim")

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from .config import RunConfig
 from .engines import Engine, build_engine
@@ -72,46 +73,76 @@ class TrainResult(NamedTuple):
 
 class TrainState(NamedTuple):
     """Training at a chunk boundary: ``index`` schedule rows done (a multiple of CHUNK_ROWS), ``step`` GD
-    steps done (= schedule[index - 1]), ``params`` (numpy pytree) and the ``rows`` logged so far
-    (a Trajectory of ``index`` rows)."""
+    steps done (= schedule[index - 1]), ``params`` and ``opt_state`` (numpy pytrees) and the ``rows``
+    logged so far (a Trajectory of ``index`` rows)."""
 
     index: int
     step: int
     params: Any
     rows: Trajectory
+    opt_state: Any = None  # None: the optimizer's initial state (right for stateless GD)
 
 
 def _all_finite(tree) -> jnp.ndarray:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def scan_rows(update, observe, static, consts, params, step, targets, fault_step=None):
-    """Run GD up to each of ``targets`` (R,) in turn and observe there.
+def scan_rows(grad, observe, optimizer, static, consts, lr, state, step, targets, fault_step=None):
+    """Step the optimizer up to each of ``targets`` (R,) in turn and observe there.
 
-    Returns (params, step, ok) after the last target and per-row (step (R,), Metrics with leading R).
-    ``ok`` turns False on the first non-finite update; the parameters then stay at the last finite ones.
+    ``state`` is (params, optimizer state). Returns (state, step, ok) after the last target and per-row
+    (step (R,), Metrics with leading R). ``ok`` turns False on the first non-finite update; the state then
+    stays at the last finite one.
     """
+    tx = optimizer.transform(lr)
 
-    def gd_step(carry):
-        p, s, _ = carry
-        new = update(static, consts, p, s)
+    def one_step(carry):
+        (p, o), s, _ = carry
+        updates, o_new = tx.update(grad(static, consts, p, s), o, p)
+        p_new = optax.apply_updates(p, updates)
         if fault_step is not None:  # static: no cost unless the fault aid is set
-            new = jax.tree.map(lambda x: jnp.where(s + 1 == fault_step, jnp.nan * x, x), new)
+            p_new = jax.tree.map(lambda x: jnp.where(s + 1 == fault_step, jnp.nan * x, x), p_new)
+        new = (p_new, o_new)
         finite = _all_finite(new)
-        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, p)
+        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, (p, o))
         return new, jnp.where(finite, s + 1, s), finite
 
     def row(carry, target):
-        carry = jax.lax.while_loop(lambda c: c[2] & (c[1] < target), gd_step, carry)
-        return carry, (carry[1], observe(static, consts, carry[0]))
+        carry = jax.lax.while_loop(lambda c: c[2] & (c[1] < target), one_step, carry)
+        return carry, (carry[1], observe(static, consts, carry[0][0]))
 
-    init = (params, jnp.asarray(step, jnp.int64), jnp.asarray(True))
+    init = (state, jnp.asarray(step, jnp.int64), jnp.asarray(True))
     return jax.lax.scan(row, init, targets)
 
 
-# The functions and ``static`` are hashable compile-time constants; consts, params and targets are traced
-# values, so new lr / probabilities / seeds reuse the compiled code. Sweeps vmap ``scan_rows`` directly.
-advance = jax.jit(scan_rows, static_argnames=("update", "observe", "static", "fault_step"))
+# The functions, the optimizer and ``static`` are hashable compile-time constants; consts, lr, the state and
+# targets are traced values, so new lr / probabilities / seeds reuse the compiled code.
+_STATIC = ("grad", "observe", "optimizer", "static", "fault_step")
+advance = jax.jit(scan_rows, static_argnames=_STATIC)
+
+
+@contextmanager
+def compilations() -> Iterator[list[str]]:
+    """Count XLA compilations in a block (through jax.monitoring): the yielded list gains one entry per
+    backend compile. Benchmarks and tests use it to show that new values reuse compiled code."""
+    seen: list[str] = []
+
+    def listener(name: str, duration: float, **kwargs) -> None:
+        if name == "/jax/core/compile/backend_compile_duration":
+            seen.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _padded_chunk(schedule: np.ndarray, i: int) -> jnp.ndarray:
+    """Rows i .. i + CHUNK_ROWS of the schedule, padded by repeating its last step (a fixed shape: one
+    compiled chunk serves every run length)."""
+    chunk = schedule[i: i + CHUNK_ROWS]
+    return jnp.asarray(np.pad(chunk, (0, CHUNK_ROWS - len(chunk)), mode="edge"))
 
 
 @contextmanager
@@ -159,24 +190,24 @@ def train(engine: Engine, schedule: np.ndarray, *, progress: bool = True, fault_
 def _train(engine, schedule, progress, fault_step, description, start, checkpoint_every, on_checkpoint,
            min_checkpoint_seconds) -> TrainResult:
     total = int(schedule[-1])
-    params, step, ok, first, rows = engine.init, 0, True, 0, []
+    state, step, ok, first, rows = initial_state(engine), 0, True, 0, []
     if start is not None:
-        params = jax.tree.map(jnp.asarray, start.params)
+        opt = state[1] if start.opt_state is None else start.opt_state
+        state = jax.tree.map(jnp.asarray, (start.params, opt))
         step, first = int(start.step), int(start.index)
         rows.append((start.rows.steps, Metrics(*(start.rows[1:]))))
     last_saved, last_time = step, time.monotonic()
 
-    def state(i: int) -> TrainState:
-        return TrainState(i, step, jax.device_get(params), stack_rows(*zip(*rows)))
+    def saved(i: int) -> TrainState:
+        params, opt_state = jax.device_get(state)
+        return TrainState(i, step, params, stack_rows(*zip(*rows)), opt_state)
 
     with progress_bar(progress) as bar, _deferred_signals(on_checkpoint is not None) as signals:
         task = bar.add_task(description, total=total, completed=step)
         for i in range(first, len(schedule), CHUNK_ROWS):
-            chunk = schedule[i: i + CHUNK_ROWS]
-            chunk = np.pad(chunk, (0, CHUNK_ROWS - len(chunk)), mode="edge")
-            (params, step_arr, ok_arr), (row_steps, metrics) = advance(
-                engine.update, engine.observe, engine.static, engine.consts, params, step,
-                jnp.asarray(chunk), fault_step=fault_step)
+            (state, step_arr, ok_arr), (row_steps, metrics) = advance(
+                engine.grad, engine.observe, engine.optimizer, engine.static, engine.consts, engine.lr, state, step,
+                _padded_chunk(schedule, i), fault_step=fault_step)
             step, ok = int(step_arr), bool(ok_arr)
             rows.append((np.asarray(row_steps), jax.device_get(metrics)))
             bar.update(task, completed=step)
@@ -185,58 +216,63 @@ def _train(engine, schedule, progress, fault_step, description, start, checkpoin
                 break
             if signals:
                 if on_checkpoint is not None:
-                    on_checkpoint(state(done), signal.Signals(signals[0]).name)
+                    on_checkpoint(saved(done), signal.Signals(signals[0]).name)
                 raise Interrupted(signals[0], step, on_checkpoint is not None)
             every = checkpoint_every or 0
             if on_checkpoint is not None and every and step // every > last_saved // every \
                     and time.monotonic() - last_time >= min_checkpoint_seconds:
-                on_checkpoint(state(done), "periodic")
+                on_checkpoint(saved(done), "periodic")
                 last_saved, last_time = step, time.monotonic()
     traj = stack_rows(*zip(*rows))
-    return TrainResult(traj, params, "completed" if ok else "diverged", None if ok else step + 1)
+    return TrainResult(traj, state[0], "completed" if ok else "diverged", None if ok else step + 1)
 
 
-def _batched(update, observe, static, consts, params, step, targets, fault_step=None):
-    """:func:`scan_rows` vmapped over the leading axis of consts, params and step (targets shared)."""
-
-    def one(c, p, s):
-        return scan_rows(update, observe, static, c, p, s, targets, fault_step)
-
-    return jax.vmap(one)(consts, params, step)
+def initial_state(engine: Engine):
+    """(params, optimizer state) at step 0."""
+    return engine.init, engine.optimizer.transform(engine.lr).init(engine.init)
 
 
-# Like advance: functions and static are compile-time constants, so a sweep worker compiles once per batch
-# structure and reuses the code for every later batch of that structure.
-batched_advance = jax.jit(_batched, static_argnames=("update", "observe", "static", "fault_step"))
+def _batched(grad, observe, optimizer, static, consts, lr, state, step, targets, fault_step=None):
+    """:func:`scan_rows` vmapped over the leading axis of consts, lr, state and step (targets shared)."""
+
+    def one(c, r, st, s):
+        return scan_rows(grad, observe, optimizer, static, c, r, st, s, targets, fault_step)
+
+    return jax.vmap(one)(consts, lr, state, step)
+
+
+# Like advance: a sweep worker compiles once per batch structure and reuses the code for later batches.
+batched_advance = jax.jit(_batched, static_argnames=_STATIC)
 
 
 def structure(engine: Engine, schedule: np.ndarray) -> tuple:
     """Engines with equal structure (code, static options, array shapes, schedule) can be trained together
     by :func:`train_batched`."""
     leaves, treedef = jax.tree.flatten((engine.consts, engine.init))
-    return (engine.name, engine.static, engine.update, engine.observe, treedef,
+    return (engine.name, engine.static, engine.grad, engine.observe, engine.optimizer, treedef,
             tuple((np.shape(x), str(np.asarray(x).dtype)) for x in leaves), schedule.tobytes())
 
 
 def train_batched(engines: list[Engine], schedule: np.ndarray, fault_step: int | None = None) -> list[TrainResult]:
     """Train engines of one :func:`structure` as one vmapped computation: the one vmapped path, used by
-    sweeps, reproduce and the benchmarks. Chunks of CHUNK_ROWS rows, as :func:`train`, so one compiled
-    chunk serves every schedule length. Results in input order; ``params`` are the final parameters."""
+    sweeps, reproduce and the benchmarks. Chunks of CHUNK_ROWS rows, as :func:`train`. Results in input
+    order; ``params`` are the final parameters."""
     e0 = engines[0]
     with jax.enable_x64(True):
-        consts = jax.tree.map(lambda *xs: np.stack(xs), *[e.consts for e in engines])
-        params = jax.tree.map(lambda *xs: np.stack(xs), *[e.init for e in engines])
+        stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)  # noqa: E731
+        consts, lr = stack([e.consts for e in engines]), stack([e.lr for e in engines])
+        state = stack([initial_state(e) for e in engines])
         step = np.zeros(len(engines), np.int64)
         steps, metrics = [], []
         for i in range(0, len(schedule), CHUNK_ROWS):
-            chunk = np.pad(schedule[i: i + CHUNK_ROWS], (0, max(0, i + CHUNK_ROWS - len(schedule))), mode="edge")
-            (params, step, ok), (row_steps, rows) = batched_advance(
-                e0.update, e0.observe, e0.static, consts, params, step, jnp.asarray(chunk), fault_step=fault_step)
+            (state, step, ok), (row_steps, rows) = batched_advance(
+                e0.grad, e0.observe, e0.optimizer, e0.static, consts, lr, state, step, _padded_chunk(schedule, i),
+                fault_step=fault_step)
             steps.append(np.asarray(row_steps))
             metrics.append(jax.device_get(rows))
             if not np.any(np.asarray(ok)):
                 break
-        params, step, ok = jax.device_get((params, step, ok))
+        params, step, ok = jax.device_get((state[0], step, ok))
     out = []
     for i in range(len(engines)):
         traj = stack_rows([s[i] for s in steps], [Metrics(*(np.asarray(x[i]) for x in m)) for m in metrics])

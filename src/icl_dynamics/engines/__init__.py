@@ -6,8 +6,9 @@ An engine is plain data plus two pure functions, so the trainer can jit, scan an
 - ``consts``: arrays the dynamics need (probabilities, count table, lr, keys...); values, not shapes, so
   changing them never recompiles
 - ``static``: hashable options that fix shapes and code paths
-- ``update(static, consts, params, step) -> params``: one GD step
+- ``grad(static, consts, params, step) -> grads``: the gradient the optimizer follows at ``step``
 - ``observe(static, consts, params) -> Metrics``: the tracked quantities
+- ``optimizer`` (an :class:`optim.Optimizer`, static) and ``lr`` (a traced scalar): how the trainer steps
 
 A new engine is one module with a :class:`EngineSpec` registered in :data:`registry.ENGINES`; config,
 sweeps and checkpoints learn everything they need from the spec, so nothing else changes::
@@ -23,13 +24,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jax
 import numpy as np
 
+from ..optim import Optimizer, optimizer_of
 from ..registry import ENGINES
 from ..trajectory import Metrics
 
 if TYPE_CHECKING:  # the config sits below the engines; only its type is needed here
     from ..config import RunConfig
 
-__all__ = ["Engine", "EngineSpec", "Metrics", "ENGINES", "build_engine", "engine_spec", "rng_key_of"]
+__all__ = ["Engine", "EngineSpec", "training", "Metrics", "ENGINES", "build_engine", "engine_spec", "rng_key_of"]
 
 
 class Engine(NamedTuple):
@@ -37,8 +39,16 @@ class Engine(NamedTuple):
     static: Any
     consts: Any
     init: Any
-    update: Callable
+    grad: Callable
     observe: Callable
+    optimizer: Optimizer = Optimizer()
+    lr: Any = 1.0
+
+
+def training(cfg: "RunConfig") -> tuple[Optimizer, jax.Array]:
+    """The (optimizer, lr) fields of an Engine, from ``train.optimizer``, ``optimizer_args`` and ``lr``."""
+    t = cfg.train
+    return optimizer_of(t.optimizer, t.optimizer_args), jax.numpy.asarray(t.lr, jax.numpy.float64)
 
 
 def _no_key(consts: Any) -> None:

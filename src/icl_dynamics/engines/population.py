@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from ..config import RunConfig
 from ..data import CountTable, count_table, exact_table_size, feature_probs, seed_key
 from ..registry import ATTENTION, ENGINES
-from . import Engine, EngineSpec, Metrics
+from . import Engine, EngineSpec, Metrics, training
 
 # The matrix path shifts each query row by its largest score, so e^{s - max} lies in [e^{-spread}, 1] and
 # its square in [e^{-2 spread}, 1]. With spread <= 300 every intermediate (and 1/Z <= e^{300}) stays a
@@ -41,7 +41,6 @@ class PopStatic(NamedTuple):
 class PopConsts(NamedTuple):
     probs: jnp.ndarray  # (K,)
     table: CountTable  # counts (M, K), weights (M,)
-    lr: jnp.ndarray  # ()
 
 
 def per_query(scores: jnp.ndarray, table: CountTable, include_query: bool, attention: str = "softmax"):
@@ -119,15 +118,15 @@ def _matrix_path_ok(static: PopStatic, scores) -> jnp.ndarray:
     return _all(spread <= SPREAD_MAX)
 
 
-def update(static: PopStatic, c: PopConsts, scores, step):
+def grad(static: PopStatic, c: PopConsts, scores, step):
+    """dL/dscores (K, K): GD on Q from 0 is exactly GD on scores (spec section 5)."""
     def generic(s):
         return jax.grad(population_loss)(s, c.probs, c.table, static.include_query, static.attention)
 
     if static.attention != "softmax":
-        return scores - c.lr * generic(scores)
-    g = jax.lax.cond(_matrix_path_ok(static, scores),
-                     lambda s: softmax_stats(s, c.probs, c.table, static.include_query)[0], generic, scores)
-    return scores - c.lr * g
+        return generic(scores)
+    return jax.lax.cond(_matrix_path_ok(static, scores),
+                        lambda s: softmax_stats(s, c.probs, c.table, static.include_query)[0], generic, scores)
 
 
 def observe(static: PopStatic, c: PopConsts, scores) -> Metrics:
@@ -148,10 +147,10 @@ def build(cfg: RunConfig) -> Engine:
     probs = feature_probs(d)
     table = count_table(t.expectation, d.prompt_length, probs, key=seed_key(cfg.seed, "counts"),
                         samples=t.count_samples, max_exact=t.max_exact_table)
-    consts = PopConsts(jnp.asarray(probs), table, jnp.asarray(t.lr, jnp.float64))
+    consts = PopConsts(jnp.asarray(probs), table)
     static = PopStatic(cfg.model.include_query_in_softmax, cfg.model.attention)
     K = d.num_features
-    return Engine("population", static, consts, jnp.zeros((K, K), jnp.float64), update, observe)
+    return Engine("population", static, consts, jnp.zeros((K, K), jnp.float64), grad, observe, *training(cfg))
 
 
 def shape_key(cfg: RunConfig) -> tuple:

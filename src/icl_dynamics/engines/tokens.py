@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from ..config import RunConfig
 from ..data import Prompts, feature_matrix, feature_probs, sample_prompts, seed_key
 from ..registry import ATTENTION, ENGINES
-from . import Engine, EngineSpec, Metrics
+from . import Engine, EngineSpec, Metrics, training
 
 
 class TokStatic(NamedTuple):
@@ -35,7 +35,6 @@ class TokStatic(NamedTuple):
 class TokConsts(NamedTuple):
     probs: jnp.ndarray  # (K,)
     V: jnp.ndarray  # (d, K) orthonormal features
-    lr: jnp.ndarray  # ()
     key: jax.Array  # training key; step keys are fold_in(key, step)
     eval_counts: jnp.ndarray  # (P, K) feature counts of the fixed evaluation prompts (counted once)
 
@@ -70,9 +69,9 @@ def prompts_loss(Q, static: TokStatic, c: TokConsts, pr: Prompts):
     return 0.5 * jnp.mean((yhat - y_q) ** 2)
 
 
-def update(static: TokStatic, c: TokConsts, Q, step):
-    g = jax.grad(batch_loss)(Q, static, c, jax.random.fold_in(c.key, step))
-    return Q - c.lr * g
+def grad(static: TokStatic, c: TokConsts, Q, step):
+    """The gradient of the loss on a fresh batch, drawn with the key fold_in(key, step)."""
+    return jax.grad(batch_loss)(Q, static, c, jax.random.fold_in(c.key, step))
 
 
 def observe(static: TokStatic, c: TokConsts, Q) -> Metrics:
@@ -102,10 +101,10 @@ def build(cfg: RunConfig) -> Engine:
     V = feature_matrix(d.dim, d.num_features, seed_key(cfg.seed, "features"))
     eval_feat = jax.random.categorical(seed_key(cfg.seed, "eval"), jnp.log(probs),
                                        shape=(t.eval_prompts, d.prompt_length))
-    consts = TokConsts(probs, V, jnp.asarray(t.lr, jnp.float64), seed_key(cfg.seed, "train"),
+    consts = TokConsts(probs, V, seed_key(cfg.seed, "train"),
                        feature_counts(eval_feat, d.num_features))
     static = TokStatic(d.prompt_length, t.batch_size, cfg.model.include_query_in_softmax, cfg.model.attention)
-    return Engine("tokens", static, consts, jnp.zeros((d.dim, d.dim), jnp.float64), update, observe)
+    return Engine("tokens", static, consts, jnp.zeros((d.dim, d.dim), jnp.float64), grad, observe, *training(cfg))
 
 
 def shape_key(cfg: RunConfig) -> tuple:
