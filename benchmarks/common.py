@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmark suite: timing, configs, fits, machine description."""
+"""Shared helpers of the benchmark suite: configs, one compiled GD step, timing, fits, the machine, and the
+markdown cells the report writes."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 
-import icl_dynamics  # noqa: F401  (enables float64)
+from icl_dynamics import trainer
 from icl_dynamics.config import RunConfig, with_overrides
 from icl_dynamics.engines import Engine, build_engine
 
@@ -28,9 +30,12 @@ def engine(**dotted: Any) -> Engine:
     return build_engine(config(**dotted))
 
 
-@partial(jax.jit, static_argnums=(0, 1))
-def _update(update, static, consts, params):
-    return update(static, consts, params, 3)
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _step(grad, optimizer, static, consts, lr, state, step):
+    # what one iteration of trainer.scan_rows does, without its finiteness check and logging
+    params, opt_state = state
+    updates, opt_state = optimizer.transform(lr).update(grad(static, consts, params, step), opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
 
 
 @partial(jax.jit, static_argnums=(0, 1))
@@ -38,9 +43,11 @@ def _observe(observe, static, consts, params):
     return observe(static, consts, params)
 
 
-def step_call(e: Engine) -> Callable[[], Any]:
-    """One GD step of engine ``e`` from its init, compiled once per (engine code, static, shapes)."""
-    return lambda: _update(e.update, e.static, e.consts, e.init)
+def step_call(e: Engine, step: int = 3) -> Callable[[], Any]:
+    """One optimizer step of engine ``e`` from its initial state, compiled once per (code, static, shapes).
+    Call it under ``jax.enable_x64(True)``, as the sections do."""
+    state = trainer.initial_state(e)
+    return lambda: _step(e.grad, e.optimizer, e.static, e.consts, e.lr, state, step)
 
 
 def observe_call(e: Engine) -> Callable[[], Any]:
@@ -103,3 +110,34 @@ def machine() -> dict[str, Any]:
     except ImportError:
         info["torch"] = None
     return info
+
+
+# --- markdown, for the generated tables of docs/performance.md ---
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def sec(x: float) -> str:
+    return f"{x:.3g} s"
+
+
+def ms(x: float) -> str:
+    return f"{x * 1e3:.3g}"
+
+
+def times(x: float) -> str:
+    return f"{x:.3g}x"
+
+
+def pct(x: float) -> str:
+    return f"{x * 100:.2g}%"
+
+
+def comparison(name: str, ours: float, other: float, goal: float | None = None, note: str = "") -> dict:
+    """A headline row: ours, the other, ratio = other / ours (> 1: we are faster), the goal if any."""
+    ratio = other / ours
+    return {"name": name, "ours_s": ours, "other_s": other, "ratio": ratio, "goal": goal,
+            "met": None if goal is None else ratio >= goal, "note": note}

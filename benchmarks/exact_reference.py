@@ -77,7 +77,11 @@ class SymmetricExact:
         return S
 
     def run(self, lr: float, steps: int, logged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """GD from 0: per-feature loss (R, K) and scores (R, K, K) at the R logged steps."""
+        """GD from 0: per-feature loss (R, K) and scores (R, K, K) at the R logged steps (float64)."""
+        with jax.enable_x64(True):  # a reference: never float32, whatever the caller's default
+            return self._run(lr, steps, logged)
+
+    def _run(self, lr, steps, logged):
         sizes = jnp.asarray(self.sizes)
         grad = jax.grad(self.loss)
 

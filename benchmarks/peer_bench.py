@@ -1,57 +1,107 @@
-"""Tokens engine against the PyTorch peers (torch_peer.py): same batch, N, d, float64, one SGD step each.
+"""Section ``tokens_vs_torch``: the tokens engine against the PyTorch peers (torch_peer.py): same batch, N,
+d, float64, one SGD step each.
 
 Rows: the full step (each samples its own batch: ours with the package's sampler, the peer with
 torch.multinomial), the compute alone on a fixed batch (forward, backward, update), and the literal
-full-matrix peer. The share of sampling in our step is reported too.
+full-matrix peer. The share of sampling in our step is reported too. Without torch the section is skipped
+with a note.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import engine, timed
 
 from icl_dynamics.data import sample_prompts
 from icl_dynamics.engines import tokens as T
 
+from .common import comparison, engine, ms, pct, step_call, table, timed, times
 
-def run(plan) -> dict:
+NAME = "tokens_vs_torch"
+
+
+@dataclass(frozen=True)
+class Knobs:
+    repeats: int = 7
+    batch: int = 256
+    N: int = 256
+    literal_repeats: int = 3  # the literal peer is ~100x slower
+
+
+FULL = Knobs()
+QUICK = Knobs(repeats=3, batch=16, literal_repeats=2)
+
+
+def run(k: Knobs) -> dict:
     try:
         import torch
-        import torch_peer
+
+        from . import torch_peer
     except ImportError:
         return {"skipped": "torch is not installed: pip install torch==2.13.0 (the 'bench' extra) to compare"}
-    B, N = plan.peer_batch, 256
-    cfg_kw = {"train__engine": "tokens", "train__batch_size": B, "data__prompt_length": N}
-    e = engine(**cfg_kw)
-    st, c = e.static, e.consts
+    with jax.enable_x64(True):
+        return _run(k, torch, torch_peer)
+
+
+def _run(k: Knobs, torch, torch_peer) -> dict:
+    B, N = k.batch, k.N
+    e = engine(train__engine="tokens", train__batch_size=B, data__prompt_length=N)
+    st, c, lr = e.static, e.consts, float(e.lr)
     d, K = c.V.shape
     out = {"batch": B, "N": N, "d": d, "K": K, "dtype": "float64 (both)", "torch_threads": torch.get_num_threads(),
            "jax_devices": [str(x) for x in jax.devices()]}
 
-    step = jax.jit(lambda Q, s: e.update(st, c, Q, s))
-    Q0 = e.init
-    out["ours_step"] = timed(lambda: step(Q0, jnp.asarray(5, jnp.int64)), plan.repeats)
+    out["ours_step"] = timed(step_call(e, step=5), k.repeats)
     pr = sample_prompts(c.key, c.probs, B, N, d)
-    compute = jax.jit(lambda Q, pr: Q - c.lr * jax.grad(T.prompts_loss)(Q, st, c, pr))
-    out["ours_compute"] = timed(lambda: compute(Q0, pr), plan.repeats)
-    sampler = jax.jit(lambda k: sample_prompts(k, c.probs, B, N, d))
-    out["ours_sampling"] = timed(lambda: sampler(c.key), plan.repeats)
+    compute = jax.jit(lambda Q, pr: Q - e.lr * jax.grad(T.prompts_loss)(Q, st, c, pr))
+    out["ours_compute"] = timed(lambda: compute(e.init, pr), k.repeats)
+    sampler = jax.jit(lambda key: sample_prompts(key, c.probs, B, N, d))
+    out["ours_sampling"] = timed(lambda: sampler(c.key), k.repeats)
 
     probs = np.asarray(c.probs)
-    for name, literal, reps in (("restricted", False, plan.repeats), ("literal", True, plan.peer_literal_repeats)):
-        peer = torch_peer.Peer(probs, N, d, B, float(c.lr), literal=literal)
+    for name, literal, reps in (("restricted", False, k.repeats), ("literal", True, k.literal_repeats)):
+        peer = torch_peer.Peer(probs, N, d, B, lr, literal=literal)
         out[f"torch_{name}_step_s"] = torch_peer.time_steps(peer, reps)
         out[f"torch_{name}_compute_s"] = torch_peer.time_steps(peer, reps, presampled=True)
     # same loss on the same batch: the peer's restricted forward against ours, a correctness guard
-    peer = torch_peer.Peer(probs, N, d, B, float(c.lr), literal=False)
+    peer = torch_peer.Peer(probs, N, d, B, lr, literal=False)
     x = torch.tensor(np.array(jnp.moveaxis(c.V[:, pr.feat], 0, 1)))
     w = torch.tensor(np.array(pr.w))
-    out["loss_agreement_abs"] = abs(peer.loss(x, w).item() - float(T.prompts_loss(Q0, st, c, pr)))
+    out["loss_agreement_abs"] = abs(peer.loss(x, w).item() - float(T.prompts_loss(e.init, st, c, pr)))
     ours, ours_c = out["ours_step"]["median_s"], out["ours_compute"]["median_s"]
     out["ratio_step_restricted"] = out["torch_restricted_step_s"] / ours
     out["ratio_compute_restricted"] = out["torch_restricted_compute_s"] / ours_c
     out["ratio_step_literal"] = out["torch_literal_step_s"] / ours
     out["sampling_share_of_our_step"] = out["ours_sampling"]["median_s"] / ours
     return out
+
+
+def comparisons(r: dict) -> list[dict]:
+    if "skipped" in r:
+        return []
+    ours = r["ours_step"]["median_s"]
+    return [comparison(f"tokens vs torch, query column, full step (B={r['batch']})", ours,
+                       r["torch_restricted_step_s"], 3, "each samples its own batch"),
+            comparison("tokens vs torch, query column, compute only (same batch)", r["ours_compute"]["median_s"],
+                       r["torch_restricted_compute_s"], None, "forward + backward + update"),
+            comparison("tokens vs torch, literal full attention matrix, full step", ours,
+                       r["torch_literal_step_s"], None, "O(B N^2 d) peer")]
+
+
+def tables(r: dict) -> dict[str, str]:
+    if "skipped" in r:
+        return {"torch": f"(skipped in this run: {r['skipped']})"}
+    rows = [["full step (sampling included)", ms(r["ours_step"]["median_s"]), ms(r["torch_restricted_step_s"]),
+             times(r["ratio_step_restricted"])],
+            ["compute only (same batch)", ms(r["ours_compute"]["median_s"]), ms(r["torch_restricted_compute_s"]),
+             times(r["ratio_compute_restricted"])],
+            ["full step, literal full-matrix peer", ms(r["ours_step"]["median_s"]), ms(r["torch_literal_step_s"]),
+             times(r["ratio_step_literal"])],
+            ["our sampling alone", ms(r["ours_sampling"]["median_s"]), "",
+             pct(r["sampling_share_of_our_step"]) + " of our step"]]
+    note = (f"\n\nB = {r['batch']}, N = {r['N']}, d = K = {r['d']}, torch with {r['torch_threads']} threads; "
+            f"the two losses on one batch differ by {r['loss_agreement_abs']:.1e}.")
+    return {"torch": table(["what", "ours (ms)", "torch (ms)", "ratio"], rows) + note}

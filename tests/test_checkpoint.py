@@ -25,6 +25,8 @@ from icl_dynamics.storage import write_config
 from icl_dynamics.errors import Interrupted
 from icl_dynamics.trainer import log_schedule, train
 
+pytestmark = pytest.mark.user_defaults  # end to end: the package must turn float64 on by itself
+
 # Long enough that a kill after the first checkpoint (at 5% of the steps) lands mid-run.
 RUNS = {
     "population": ["data.num_features=4", "train.expectation=mean_field", "train.steps=400000",

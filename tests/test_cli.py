@@ -13,6 +13,8 @@ from icl_dynamics.cli import main
 from icl_dynamics.config import load_config
 from icl_dynamics.storage import load_run
 
+pytestmark = pytest.mark.user_defaults  # end to end: the package must turn float64 on by itself
+
 TINY = ["--set", "data.num_features=3", "--set", "data.prompt_length=16", "--set", "data.probs=imbalanced",
         "--set", "data.dominant_prob=0.6", "--set", "train.expectation=mean_field", "--set", "train.lr=4",
         "--set", "train.steps=150", "--set", "eps=1e-2"]

@@ -25,6 +25,7 @@ from icl_dynamics.engines import build_engine, population
 from icl_dynamics.storage import load_run
 from icl_dynamics.trainer import FAULT_ENV, fault_step_from_env, log_schedule, train
 
+
 SMALL_TOKENS = ["train.engine=tokens", "data.num_features=3", "data.prompt_length=8", "train.batch_size=8",
                 "train.eval_prompts=8"]
 

@@ -13,6 +13,8 @@ from icl_dynamics.engines import build_engine
 from icl_dynamics.reproduce import FIGURES, FILES
 from icl_dynamics.trainer import log_schedule, train
 
+pytestmark = pytest.mark.user_defaults  # end to end: the package must turn float64 on by itself
+
 KEYS = {"claim", "measured", "criterion", "passed"}
 
 

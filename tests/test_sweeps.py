@@ -24,6 +24,8 @@ from icl_dynamics.sweeps.store import ROWS_DIR
 from icl_dynamics.sweeps.figures import fit_power_law
 from icl_dynamics.trainer import run_training
 
+pytestmark = pytest.mark.user_defaults  # end to end: the package must turn float64 on by itself
+
 # 8 runs in 2 vmapped batches (exact tables with N = 8; mean field), 2 seeds each. eps = 0.2 lies above the
 # finite-N floor 1/2 (1 - p_k)^N <= 0.14 of every feature here (spec section 6), so every feature reaches it.
 SPEC = {

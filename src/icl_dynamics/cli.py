@@ -1,7 +1,8 @@
 """Command line: ``icl-dynamics <command> ...``.
 
-Each command is a ``(configure(parser), run(args) -> int)`` pair registered with :func:`command`. Bad input
-anywhere (arguments, configs, run directories) ends in one line on stderr and exit code 2.
+Every command is listed in :data:`COMMANDS`: its help line, ``configure(parser)`` and ``run(args) -> int``,
+from the modules in ``commands/``. Bad input anywhere (arguments, configs, run directories) ends in one
+line on stderr and exit code 2; other exit codes are listed in errors.py.
 """
 
 from __future__ import annotations
@@ -9,18 +10,30 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import NamedTuple
 
-from .errors import DivergenceError, UserError
+from .commands import analysis, run, sweep
+from .errors import DivergenceError, StorageError, UserError
 
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+class Command(NamedTuple):
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
 
-def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]):
-    def deco(run: Callable[[argparse.Namespace], int]):
-        COMMANDS[name] = (help, configure, run)
-        return run
-
-    return deco
+COMMANDS: dict[str, Command] = {
+    "train": Command("train the transformer and write a run directory", run.configure_train, run.train),
+    "plot": Command("draw the figures of a run directory", run.configure_plot, run.plot),
+    "phases": Command("detect the training phases of a run and write RUN_DIR/phases.json",
+                      analysis.configure_phases, analysis.phases),
+    "reproduce": Command("run the paper's experiments and write a report that checks each claim",
+                         analysis.configure_reproduce, analysis.reproduce),
+    "sweep": Command("run a grid of configs (vectorised; local workers or a Dask cluster) into a sweep table",
+                     sweep.configure_sweep, sweep.sweep),
+    "plot-sweep": Command("draw a phase diagram (--x, --y) or a scaling plot with fitted exponent (--x) of a sweep",
+                          sweep.configure_plot_sweep, sweep.plot_sweep),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,89 +41,15 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a dotted config key; the value is parsed as YAML (repeatable)")
-
-
-def _configure_train(p):
-    add_config_args(p)
-    p.add_argument("--out", help="run directory to create")
-    p.add_argument("--overwrite", action="store_true", help="replace the run in an existing --out")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an unfinished run from its last checkpoint "
-                   "(with the config stored in RUN_DIR)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-@command("train", "train the transformer and write a run directory", _configure_train)
-def _train(args) -> int:
-    from .config import load_config
-    from .runner import execute, resume
-    from .trainer import Interrupted
-
-    if args.resume is not None:
-        if args.out is not None or args.config is not None or args.overrides or args.overwrite:
-            raise UserError("--resume takes its config from RUN_DIR; do not combine it with --out, --config, "
-                            "--set or --overwrite")
-        args.out = args.resume
-    elif args.out is None:
-        raise UserError("train needs --out RUN_DIR (or --resume RUN_DIR)")
-    try:
-        if args.resume is not None:
-            result = resume(args.resume, progress=not args.quiet)
-        else:
-            cfg = load_config(args.config, args.overrides)
-            result = execute(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
-    except Interrupted as e:
-        saved = f"checkpoint saved at step {e.step}; continue with 'icl-dynamics train --resume {args.out}'" \
-            if e.saved else "no checkpoint saved"
-        print(f"icl-dynamics: interrupted ({e}); {saved}", file=sys.stderr)
-        return e.exit_code
-    if result.status == "diverged":
-        raise DivergenceError(f"training diverged at step {result.diverged_at} (non-finite update); "
-                              f"the trajectory up to step {result.diverged_at - 1} is kept in {args.out}; "
-                              f"try a smaller train.lr")
-    s = result.trajectory
-    print(f"done: {len(s.steps)} logged steps, final loss {s.loss[-1]:.4g}; run directory {args.out}")
-    return 0
-
-
-def _configure_plot(p):
-    p.add_argument("run_dir", help="a run directory written by 'train'")
-    p.add_argument("--out", help="folder for the figures (default RUN_DIR/figures)")
-    p.add_argument("--steps", type=int, nargs="+", help="steps for the attention heatmaps")
-    p.add_argument("--feature", type=int, help="1-based minor feature for the scores figure (default 2)")
-
-
-@command("plot", "draw the figures of a run directory", _configure_plot)
-def _plot(args) -> int:
-    from .plots import plot_run
-    from .storage import load_run
-
-    run = load_run(args.run_dir)
-    K = len(run.probs)
-    if args.feature is not None and not 1 <= args.feature <= K:
-        raise UserError(f"--feature must be between 1 and K={K}, got {args.feature}")
-    if args.steps and any(s < 0 for s in args.steps):
-        raise UserError("--steps must be >= 0")
-    paths = plot_run(run, args.out, args.steps, None if args.feature is None else args.feature - 1)
-    for p in paths:
-        print(p)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .commands import load_all
 
-    load_all()
     parser = _Parser(prog="icl-dynamics", description="In-context learning dynamics of one-layer softmax "
                      "transformers (Huang, Cheng & Liang, ICML 2024).")
     parser.add_argument("--version", action="version", version=f"icl-dynamics {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, (help, configure, _) in COMMANDS.items():
-        configure(sub.add_parser(name, help=help, description=help))
+    for name, cmd in COMMANDS.items():
+        cmd.configure(sub.add_parser(name, help=cmd.help, description=cmd.help))
     return parser
 
 
@@ -122,8 +61,8 @@ def one_line(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command][2](args)
-    except (UserError, DivergenceError) as e:
+        return COMMANDS[args.command].run(args)
+    except (UserError, DivergenceError, StorageError) as e:
         print(f"icl-dynamics: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -6,16 +6,14 @@ import json
 import time
 from pathlib import Path
 
-from ..cli import command
 
 
-def _configure_phases(p):
+def configure_phases(p):
     p.add_argument("run_dir", help="a run directory written by 'train'")
     p.add_argument("--eps", type=float, help="target per-feature loss (default: the run's eps)")
 
 
-@command("phases", "detect the training phases of a run and write RUN_DIR/phases.json", _configure_phases)
-def _phases(args) -> int:
+def phases(args) -> int:
     from ..data import setting_name
     from ..errors import UserError
     from ..phases import describe, detect_phases
@@ -32,20 +30,19 @@ def _phases(args) -> int:
     return 0
 
 
-def _configure_reproduce(p):
+def configure_reproduce(p):
     p.add_argument("--out", required=True, help="folder for the report (report.md, report.html, claims.json)")
     p.add_argument("--quick", action="store_true", help="smaller settings: the whole pipeline in seconds")
     p.add_argument("--overwrite", action="store_true", help="replace the report files in an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-@command("reproduce", "run the paper's experiments and write a report that checks each claim",
-         _configure_reproduce)
-def _reproduce(args) -> int:
-    from ..reproduce import FULL, QUICK, reproduce
+def reproduce(args) -> int:
+    from ..reproduce import FULL, QUICK
+    from ..reproduce import reproduce as run_reproduce
 
     started = time.time()
-    reproduce(args.out, QUICK if args.quick else FULL, overwrite=args.overwrite, progress=not args.quiet)
+    run_reproduce(args.out, QUICK if args.quick else FULL, overwrite=args.overwrite, progress=not args.quiet)
     out = Path(args.out)
     claims = json.loads((out / "claims.json").read_text())
     for c in claims:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import command
 from ..errors import UserError
 
 
@@ -18,7 +17,7 @@ def _positive(text: str) -> int:
     return n
 
 
-def _configure_sweep(p):
+def configure_sweep(p):
     p.add_argument("spec", help="sweep YAML: base, grid, and optional seeds, keep_trajectories, max_batch")
     p.add_argument("--out", required=True, help="sweep directory (an existing one with the same spec resumes)")
     p.add_argument("--cluster", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://host:8786")
@@ -27,9 +26,7 @@ def _configure_sweep(p):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-@command("sweep", "run a grid of configs (vectorised; local workers or a Dask cluster) into a sweep table",
-         _configure_sweep)
-def _sweep(args) -> int:
+def sweep(args) -> int:
     from ..sweeps import TABLE_FILE, run_sweep
 
     if args.cluster is not None and args.workers is not None:
@@ -44,7 +41,7 @@ def _sweep(args) -> int:
     return 0
 
 
-def _configure_plot_sweep(p):
+def configure_plot_sweep(p):
     p.add_argument("sweep_dir", help="a sweep directory written by 'sweep'")
     p.add_argument("--x", required=True, help="column for the x axis, e.g. data.num_features")
     p.add_argument("--y", help="column for the y axis: draws a heatmap (without it, a log-log scaling plot)")
@@ -52,12 +49,10 @@ def _configure_plot_sweep(p):
     p.add_argument("--out", help="PNG path (default SWEEP_DIR/figures/VALUE_vs_X[_Y].png)")
 
 
-@command("plot-sweep", "draw a phase diagram (--x, --y) or a scaling plot with fitted exponent (--x) of a sweep",
-         _configure_plot_sweep)
-def _plot_sweep(args) -> int:
-    from ..sweeps.figures import plot_sweep
+def plot_sweep(args) -> int:
+    from ..sweeps.figures import plot_sweep as draw
 
-    path, fit = plot_sweep(args.sweep_dir, args.x, args.value, args.y, args.out)
+    path, fit = draw(args.sweep_dir, args.x, args.value, args.y, args.out)
     if fit is not None:
         print(f"exponent {fit.exponent:.4g} ({fit.level:.0%} CI {fit.lo:.4g} to {fit.hi:.4g}), "
               f"prefactor {fit.prefactor:.4g}, {fit.n} runs")
