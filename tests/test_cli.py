@@ -102,7 +102,8 @@ def test_bad_run_dirs_and_arguments(tmp_path, capsys):
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "keep.txt").write_text("x")
-    _one_error_line(capsys, ["train", *TINY, "--out", str(occupied), "--quiet"], "--out", "--overwrite")
+    _one_error_line(capsys, ["train", *TINY, "--out", str(occupied), "--quiet"], "not made by icl-dynamics",
+                    "choose a new --out")
     assert [p.name for p in occupied.iterdir()] == ["keep.txt"]
     _one_error_line(capsys, ["plot", str(tmp_path / "missing")], str(tmp_path / "missing"), "does not exist")
     _one_error_line(capsys, ["train", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o")],
@@ -112,4 +113,7 @@ def test_bad_run_dirs_and_arguments(tmp_path, capsys):
     _one_error_line(capsys, ["train", "--config", str(bad_yaml), "--out", str(tmp_path / "o")], "bad.yaml")
     _one_error_line(capsys, ["train", "--set", "noequals", "--out", str(tmp_path / "o")], "noequals")
     _one_error_line(capsys, ["frobnicate"], "frobnicate")
-    _one_error_line(capsys, [], "command")
+    assert main([]) == 2  # no command: the usage, then one error line (issue 13: it printed no usage)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("usage: icl-dynamics") and "train" in " ".join(err)
+    assert [line for line in err if "error" in line] == [err[-1]] and "give a command" in err[-1]

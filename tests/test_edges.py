@@ -38,7 +38,7 @@ def test_array_sizes_beyond_memory_are_refused_before_anything_is_written(tmp_pa
     out = tmp_path / "run"
     rc = main(["train", "--set", "train.engine=tokens", "--set", "data.prompt_length=100000000", "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "train.batch_size" in err[0]
+    assert rc == 2 and len(err) == 1 and "memory ceiling" in err[0] and "GiB" in err[0]
     assert not out.exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -10,7 +11,7 @@ import pytest
 
 from icl_dynamics import storage
 from icl_dynamics.config import validate
-from icl_dynamics.errors import RunDirError
+from icl_dynamics.errors import RunDirError, StorageError
 from icl_dynamics.engines import build_engine
 from icl_dynamics.runner import execute
 from icl_dynamics.storage import atomic_write_text, load_run, prepare_run_dir, save_npz
@@ -65,18 +66,25 @@ def test_run_directory_round_trip(tmp_path):
     assert not [p for p in (tmp_path / "r").iterdir() if p.name.endswith(".tmp")]
 
 
-def test_prepare_run_dir_refuses_non_empty_unless_overwrite(tmp_path):
-    d = tmp_path / "out"
-    d.mkdir()
-    (d / "notes.txt").write_text("mine")
+def test_prepare_run_dir_never_empties_a_users_folder(tmp_path):
+    """A folder icl-dynamics did not make is refused even with --overwrite (issue 14, finding 1); one it
+    made is replaced only with --overwrite, and only its own files go."""
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "config.yaml").write_text("mine")
+    with pytest.raises(RunDirError, match="not made by icl-dynamics"):
+        prepare_run_dir(user, overwrite=True)
+    assert (user / "config.yaml").read_text() == "mine"
+    ours = prepare_run_dir(tmp_path / "ours", overwrite=False)
+    (ours / "trajectory.npz").write_text("old")
+    (ours / "notes.txt").write_text("mine")
     with pytest.raises(RunDirError, match="--overwrite"):
-        prepare_run_dir(d, overwrite=False)
-    (d / "trajectory.npz").write_text("old")
-    prepare_run_dir(d, overwrite=True)
-    assert (d / "notes.txt").exists() and not (d / "trajectory.npz").exists()  # only our own files go
+        prepare_run_dir(ours, overwrite=False)
+    prepare_run_dir(ours, overwrite=True)
+    assert (ours / "notes.txt").exists() and not (ours / "trajectory.npz").exists()  # only our own files go
     f = tmp_path / "file"
     f.write_text("x")
-    with pytest.raises(RunDirError, match="not a directory"):
+    with pytest.raises(RunDirError, match="not a folder"):
         prepare_run_dir(f, overwrite=True)
 
 
@@ -85,10 +93,10 @@ def test_atomic_write_keeps_old_content_on_failure(tmp_path, monkeypatch):
     atomic_write_text(p, "old")
 
     def boom(*a, **k):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="No space left on device"):
         atomic_write_text(p, "new")
     monkeypatch.undo()
     assert p.read_text() == "old"

@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import json
 import math
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from .config import RunConfig
+from .config import RunConfig, memory_ceiling
 from .engines import Engine, rng_key_of
 from .errors import RunDirError
+from .fsio_npz import load_npz_checked
 from .storage import save_npz
 from .trainer import CHUNK_ROWS, TrainState, initial_state
 from .trajectory import Trajectory, expected_shapes
@@ -82,11 +82,21 @@ def load(run_dir: Path, cfg: RunConfig, engine: Engine, schedule: np.ndarray) ->
     another version."""
     p = require(run_dir)
     bad = f"checkpoint {p} is damaged or from another version"
+    K = cfg.data.num_features
+    with jax.enable_x64(True):
+        init_params, init_opt = initial_state(engine)
+    init_leaves, treedef = jax.tree.flatten(init_params)
+    opt_leaves, opt_treedef = jax.tree.flatten(init_opt)
+    # declared shapes and sizes are checked before any data is read (fsio_npz): a damaged header cannot
+    # make this allocate more than the memory ceiling
+    expect = {f"rows_{k}": ((None, *shape[1:]), "iuf") for k, shape in expected_shapes(1, K).items()}
+    expect.update({f"param_{i}": (tuple(np.shape(x)), "f") for i, x in enumerate(init_leaves)})
+    expect.update({f"opt_{i}": (tuple(np.shape(x)), "iuf") for i, x in enumerate(opt_leaves)})
+    expect.update({"rng_key": ((None,), "u"), "meta": ((), "U")})
+    arrays = load_npz_checked(p, expect, max_bytes=memory_ceiling())
     try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: np.asarray(z[k]) for k in z.files}
         meta = json.loads(str(arrays.pop("meta")))
-    except (KeyError, OSError, ValueError, EOFError, zipfile.BadZipFile, json.JSONDecodeError):
+    except (ValueError, RecursionError):
         raise RunDirError(f"{bad} (not a readable checkpoint)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise RunDirError(f"{bad} (format {meta.get('format') if isinstance(meta, dict) else '?'}, "
@@ -99,13 +109,8 @@ def load(run_dir: Path, cfg: RunConfig, engine: Engine, schedule: np.ndarray) ->
             and index % CHUNK_ROWS == 0 and step == int(schedule[index - 1])):
         raise RunDirError(f"{bad} (index {index!r} / step {step!r} do not fit the run's log schedule)")
 
-    K = cfg.data.num_features
     want = {f"rows_{k}": (shape, np.int64 if k == "steps" else np.float64)
             for k, shape in expected_shapes(index, K).items()}
-    with jax.enable_x64(True):
-        init_params, init_opt = initial_state(engine)
-    init_leaves, treedef = jax.tree.flatten(init_params)
-    opt_leaves, opt_treedef = jax.tree.flatten(init_opt)
     want.update({f"param_{i}": (x.shape, x.dtype) for i, x in enumerate(init_leaves)})
     want.update({f"opt_{i}": (np.shape(x), np.asarray(x).dtype) for i, x in enumerate(opt_leaves)})
     want["rng_key"] = (rng_key_of(engine).shape, rng_key_of(engine).dtype)

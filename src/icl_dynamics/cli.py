@@ -8,12 +8,14 @@ line on stderr and exit code 2; other exit codes are listed in errors.py.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
 from .commands import analysis, run, sweep
-from .errors import DivergenceError, StorageError, UserError
+from .errors import DivergenceError, StorageError, Terminated, UserError
 
 
 class Command(NamedTuple):
@@ -47,27 +49,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="icl-dynamics", description="In-context learning dynamics of one-layer softmax "
                      "transformers (Huang, Cheng & Liang, ICML 2024).")
     parser.add_argument("--version", action="version", version=f"icl-dynamics {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     for name, cmd in COMMANDS.items():
         cmd.configure(sub.add_parser(name, help=cmd.help, description=cmd.help))
     return parser
 
 
+MAX_MESSAGE = 500  # characters of an error line; user input echoed in it is clipped shorter where it is made
+
+
 def one_line(text: str) -> str:
-    """Escape line breaks and other unprintables (user input may carry them) so an error stays one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    """Escape line breaks and other unprintables (user input may carry them) so an error stays one short
+    line."""
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "..."
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():  # SIGTERM unwinds like Ctrl-C: files get marked
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_usage(sys.stderr)
+            print("icl-dynamics: error: give a command (icl-dynamics --help lists them)", file=sys.stderr)
+            return 2
         return COMMANDS[args.command].run(args)
     except (UserError, DivergenceError, StorageError) as e:
         print(f"icl-dynamics: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("icl-dynamics: interrupted", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)
+    except RecursionError:  # deeply nested input that slipped past every limit: still one line
+        print("icl-dynamics: error: input nested too deeply", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

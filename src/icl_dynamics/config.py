@@ -1,7 +1,7 @@
 """Run configuration: plain data, validated in one place (pydantic).
 
 A config comes from defaults, then an optional YAML file, then ``--set dotted.key=value`` overrides whose
-values are parsed as YAML. Every problem becomes a :class:`ConfigError` whose message names the key.
+values are parsed as YAML 1.2 with limits (yamlio.py). Every problem becomes a :class:`ConfigError` whose message names the key.
 """
 
 from __future__ import annotations
@@ -9,30 +9,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import yamlio
 from .errors import ConfigError
+from .fsio import clip
+from .yamlio import load_value
 from .registry import ATTENTION, DISTRIBUTIONS, ENGINES, OPTIMIZERS
 
 ProbsSpec = str | list[float]  # a name registered in registry.DISTRIBUTIONS, or explicit probabilities
-
-
-class YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, plus YAML 1.2 floats: PyYAML (YAML 1.1) reads ``1e-3`` as a string."""
-
-
-YamlLoader.add_implicit_resolver(  # copies the resolver table, so yaml.SafeLoader is untouched
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
-def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class _Strict(BaseModel):
@@ -104,9 +94,9 @@ class TrainConfig(_Strict):
     optimizer_args: dict[str, float | bool] = Field(default_factory=dict, description="the optimizer's "
                                                     "hyperparameters, e.g. {momentum: 0.9} or {b1: 0.9, b2: 0.999}")
     steps: int = Field(3000, ge=1, le=10**12)  # the minor features reach eps (~2060 at N=256) in the default run
-    log_every: int | None = Field(None, ge=1, description="None: log-spaced plus linear schedule")
-    max_exact_table: int = Field(2_000_000, ge=1, description="largest count table 'exact' will enumerate")
-    checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (written at the "
+    log_every: int | None = Field(None, ge=1, le=10**12, description="None: log-spaced plus linear schedule")
+    max_exact_table: int = Field(2_000_000, ge=1, le=10**9, description="largest count table 'exact' will enumerate")
+    checkpoint_every: int | None = Field(None, ge=1, le=10**12, description="steps between checkpoints (written at the "
                                          "next chunk boundary); None: every 5% of steps, >= 30 s apart")
 
     @field_validator("engine")
@@ -132,7 +122,32 @@ class TrainConfig(_Strict):
         return self
 
 
-MAX_ARRAY_ELEMENTS = 5 * 10**8
+MEMORY_ENV = "ICL_DYNAMICS_MAX_MEMORY"
+MEMORY_FRACTION = 0.5  # of the machine's memory, when MEMORY_ENV is not set
+WORKING_FACTOR = 4  # gradients, optimizer state and temporaries: a few copies of the declared arrays
+
+
+def memory_ceiling() -> int:
+    """Bytes a run may plan to hold: ``ICL_DYNAMICS_MAX_MEMORY`` (bytes, or with a K/M/G/T suffix), else half
+    of the machine's physical memory."""
+    raw = os.environ.get(MEMORY_ENV, "").strip()
+    if raw:
+        m = re.fullmatch(r"(\d{1,15})([KMGT]?)i?B?", raw, re.IGNORECASE)
+        if not m:
+            raise ConfigError(f"{MEMORY_ENV}='{clip(raw)}' is not a size; use bytes or a suffix, e.g. 8G")
+        return int(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
+    try:
+        return int(MEMORY_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError):  # pragma: no cover - not POSIX
+        return 8 * 2**30
+
+
+class MemoryEstimate(NamedTuple):
+    """The bytes a run will hold, and the config key of its largest array (the one to change)."""
+
+    bytes: int
+    key: str
+    what: str
 
 
 class RunConfig(_Strict):
@@ -142,21 +157,28 @@ class RunConfig(_Strict):
     eps: float = Field(1e-2, gt=0.0, lt=1.0)
     seed: int = Field(0, ge=0, lt=2**63)
 
-    @model_validator(mode="after")
-    def _arrays_fit(self) -> RunConfig:
-        # each field is in range, but their products size the arrays: refuse what cannot fit in memory,
-        # here, before a run directory is made
+    def memory(self) -> MemoryEstimate:
+        """Every array the run will hold (the engine's declared ones, the logged trajectory), in bytes,
+        times WORKING_FACTOR; estimated from the config alone, before anything is built."""
         t = self.train
         K = self.data.num_features
         rows = (t.steps // t.log_every + 2) if t.log_every else 2 * 256 + 2
+        sizes = [("train.log_every", "the logged trajectory (rows x 2 K^2)", rows * (2 * K * K + K + 2)),
+                 *ENGINES[t.engine].sizes(self)]
+        key, what, _ = max(sizes, key=lambda x: x[2])
+        return MemoryEstimate(WORKING_FACTOR * 8 * sum(n for _, _, n in sizes), key, what)
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> RunConfig:
+        # each field is in range, but their products size the arrays: refuse here, before a run directory
+        # is made, what would not fit
         try:
-            sizes = [("train.log_every", "logged rows x 2 K^2", rows * 2 * K * K), *ENGINES[t.engine].sizes(self)]
+            est, ceiling = self.memory(), memory_ceiling()
         except ConfigError as e:
             raise ValueError(str(e)) from None
-        for key, what, n in sizes:
-            if n > MAX_ARRAY_ELEMENTS:
-                raise ValueError(f"{key}: {what} = {n:.3g} array elements, over the limit {MAX_ARRAY_ELEMENTS:.0e} "
-                                 f"(about {MAX_ARRAY_ELEMENTS * 8 / 2**30:.0f} GiB in float64); use smaller sizes")
+        if est.bytes > ceiling:
+            raise ValueError(f"{est.key}: the run would hold about {est.bytes / 2**30:.3g} GiB (largest: {est.what}), "
+                             f"over the memory ceiling of {ceiling / 2**30:.3g} GiB ({MEMORY_ENV}); change {est.key}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,6 +220,18 @@ def _format_validation_error(err: ValidationError) -> str:
     return f"invalid value for {where}: {msg}{shown}"
 
 
+def config_keys() -> set[str]:
+    """Every settable dotted key of a RunConfig (``data.num_features``, ..., ``seed``)."""
+    keys = set()
+    for name, field in RunConfig.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys |= {f"{name}.{k}" for k in sub.model_fields}
+        else:
+            keys.add(name)
+    return keys
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested config dict -> {dotted key: value} (the inverse of :func:`set_dotted`)."""
     out: dict[str, Any] = {}
@@ -225,36 +259,22 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """Split ``'a.b=value'`` and parse the value as YAML."""
+    """Split ``'a.b=value'`` and parse the value as YAML 1.2 (yamlio: ``010`` and ``1:30`` are not numbers)."""
     if "=" not in text:
-        raise ConfigError(f"--set expects key=value, got '{text}'")
+        raise ConfigError(f"--set expects key=value, got '{clip(text)}'")
     key, raw = text.split("=", 1)
     key = key.strip()
-    try:
-        value = load_yaml(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: value '{raw}' is not valid YAML ({type(e).__name__})") from None
-    return key, value
+    return key, load_value(raw, key=key)
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file '{path}' does not exist") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file '{path}' cannot be read ({type(e).__name__})") from None
-    try:
-        tree = load_yaml(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file '{path}' is not valid YAML{where}") from None
+def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file holding a mapping (a config, a sweep spec): a regular file of bounded size, parsed with
+    yamlio's limits. Empty gives {}."""
+    tree = yamlio.read_yaml(path, what=what)
     if tree is None:
         return {}
     if not isinstance(tree, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of keys, not {type(tree).__name__}")
+        raise ConfigError(f"{what} '{clip(path)}' must hold a mapping of keys, not {type(tree).__name__}")
     return tree
 
 

@@ -6,7 +6,8 @@ stderr and this exit code, never a traceback.
 | 2    | UserError        | bad input: a config, CLI argument, sweep spec or damaged run directory |
 | 3    | DivergenceError  | training produced a non-finite value                                 |
 | 4    | StorageError     | the operating system refused a read or write (full disk, read-only)  |
-| 128+s| Interrupted      | SIGINT / SIGTERM (trainer.py), as a shell reports a signal            |
+| 128+s| Interrupted      | SIGINT / SIGTERM in the training loop, after a checkpoint (trainer.py) |
+| 128+s| Terminated       | SIGTERM anywhere else (130 for SIGINT, as KeyboardInterrupt)          |
 """
 
 
@@ -51,3 +52,10 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(f"{signal.Signals(signum).name} at step {step}")
         self.signum, self.step, self.saved = signum, step, saved
         self.exit_code = 128 + signum
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop (the CLI turns the signal into this exception, so a run directory
+    being set up is marked "interrupted" instead of being left "running"). Exit code 143."""
+
+    exit_code = 143

@@ -8,17 +8,23 @@ Layout of a run directory::
     metrics.parquet    tidy (step, feature, ...) table
     summary.json       status, final losses, first step with feature_loss <= eps per feature
     checkpoint.npz     only while a run is unfinished: see checkpoint.py
+    params.npz         the final parameters (the engine's pytree leaves, param_0 ..)
+    .icl-dynamics      the marker that says icl-dynamics made the folder (--overwrite needs it)
+    .lock              held (flock) by the one process writing the folder
+
+The final files are written in an order where every intermediate state is resumable or complete: the
+outputs first, summary.json ("completed" or "diverged") next, and the checkpoint is removed last. Until the
+summary says finished, the checkpoint is there and ``train --resume`` continues; after, the run is done.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import io
 import json
-import os
 import platform
 import subprocess
-import secrets
 import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,42 +34,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from .config import RunConfig, validate
+from .config import RunConfig, memory_ceiling, validate
 from .data import feature_probs, setting_name
 from .errors import ConfigError, RunDirError
+from .fsio import atomic_write_bytes, clip, os_error
+from .fsio_npz import load_npz_checked
+from .fsio_owned import prepare_owned_dir
 from .measures import metrics_table, summarize
 from .phases import detect_phases
 from .trainer import TrainResult
 from .trajectory import Trajectory, expected_shapes, from_arrays, to_arrays
 
 ARTIFACTS = ("config.yaml", "manifest.json", "trajectory.npz", "metrics.parquet", "summary.json", "phases.json",
-             "checkpoint.npz")
+             "checkpoint.npz", "params.npz")
 TRAJECTORY_KEYS = ("steps", "loss", "feature_loss", "scores", "attention", "probs")
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: readers see old or new, never half."""
-    path = Path(path)
-    # like mkstemp (O_EXCL, a random name) but with mode 0666 less the umask, the mode of a plain open()
-    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+MAX_JSON_BYTES = 10_000_000  # summary.json and phases.json are a few kB
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -92,32 +77,31 @@ def save_parquet(path: str | Path, table: pa.Table) -> None:
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
-def prepare_output_dir(path: str | Path, overwrite: bool, owned: list[str], what: str = "run") -> Path:
-    """Create ``path``; refuse a non-empty one unless ``overwrite``, which removes only the ``owned`` files
-    (relative paths) and their leftover temporaries: nothing a user put there is lost."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"--out '{path}' exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise RunDirError(f"--out '{path}' exists and is not empty; pass --overwrite to replace its {what}")
-        for rel in owned:
-            target = path / rel
-            target.unlink(missing_ok=True)
-            for tmp in target.parent.glob(f".{target.name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
+def prepare_output_dir(path: str | Path, overwrite: bool, owned: list[str], kind: str = "run") -> Path:
+    """Create (or, with ``overwrite``, reuse) an output folder of ``kind`` that icl-dynamics made: a folder
+    without our marker is never emptied, and ``overwrite`` removes only the ``owned`` files (fsio_owned)."""
+    return prepare_owned_dir(path, kind, overwrite, list(owned))
+
+
+def run_status(run_dir: Path) -> str | None:
+    """The status in summary.json (running, interrupted, failed, diverged, completed); None without one."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"cannot create output folder '{path}': {e.strerror}") from None
-    return path
+        return read_json(run_dir / "summary.json").get("status")
+    except RunDirError:
+        return None
+
+
+def is_finished(run_dir: Path) -> bool:
+    return run_status(run_dir) in ("completed", "diverged")
 
 
 def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
-    """A run directory: :func:`prepare_output_dir` owning the run's :data:`ARTIFACTS`."""
-    if not overwrite and (Path(path) / "checkpoint.npz").is_file():
-        raise RunDirError(f"--out '{path}' holds an unfinished run with a checkpoint; continue it with "
-                          f"'icl-dynamics train --resume {path}' (or pass --overwrite to discard it)")
+    """A run directory: :func:`prepare_output_dir` owning the run's :data:`ARTIFACTS`. An unfinished run
+    with a checkpoint is pointed to ``--resume`` (the same judgement as ``train --resume``)."""
+    p = Path(path)
+    if not overwrite and (p / "checkpoint.npz").is_file() and not is_finished(p):
+        raise RunDirError(f"--out '{clip(p)}' holds an unfinished run with a checkpoint; continue it with "
+                          f"'icl-dynamics train --resume {clip(p)}' (or pass --overwrite to discard it)")
     return prepare_output_dir(path, overwrite, list(ARTIFACTS), "run")
 
 
@@ -138,8 +122,25 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+@functools.cache
+def git_dirty() -> bool | None:
+    """Whether the package's git checkout has uncommitted changes (None outside a checkout)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def manifest(cfg: RunConfig, started: float, ended: float, **extra: Any) -> dict[str, Any]:
     import jax
+    import jaxlib
+    import scipy
 
     from . import __version__
 
@@ -147,13 +148,19 @@ def manifest(cfg: RunConfig, started: float, ended: float, **extra: Any) -> dict
         "package": "icl-dynamics",
         "version": __version__,
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "jax_version": jax.__version__,
+        "jaxlib_version": jaxlib.__version__,
+        "numpy_version": np.__version__,
+        "scipy_version": scipy.__version__,
         "python": platform.python_version(),
         "device": str(jax.devices()[0]),
         "seed": cfg.seed,
         "config_hash": cfg.hash(),
         "started": started,
         "ended": ended,
+        "started_utc": _iso(started),
+        "ended_utc": _iso(ended),
         "wall_time_s": ended - started,
         **extra,
     }
@@ -164,18 +171,23 @@ def write_config(path: Path, cfg: RunConfig) -> None:
 
 
 def write_run_dir(out: Path, cfg: RunConfig, result: TrainResult, started: float, **manifest_extra: Any) -> None:
-    """The outputs of a finished (or diverged) run: trajectory.npz, metrics.parquet, phases.json,
-    summary.json, then manifest.json (config.yaml is written when the run starts)."""
+    """The outputs of a finished (or diverged) run: trajectory.npz, params.npz, metrics.parquet,
+    phases.json, manifest.json, and summary.json last, the commit point (config.yaml is written when the
+    run starts; the caller removes the checkpoint after this)."""
     import time
 
     probs = feature_probs(cfg.data)
     traj = result.trajectory
     save_npz(out / "trajectory.npz", to_arrays(traj, probs))
+    if result.params is not None:
+        import jax
+
+        save_npz(out / "params.npz", {f"param_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(result.params))})
     save_parquet(out / "metrics.parquet", metrics_table(traj, probs))
     atomic_write_json(out / "phases.json", detect_phases(traj, probs, cfg.eps, setting_name(cfg.data)))
-    extra = {"diverged_at": result.diverged_at} if result.status == "diverged" else {}
-    atomic_write_json(out / "summary.json", summarize(traj, cfg.eps, result.status, **extra))
     atomic_write_json(out / "manifest.json", manifest(cfg, started, time.time(), **manifest_extra))
+    extra = {"diverged_at": result.diverged_at} if result.status == "diverged" else {}
+    atomic_write_json(out / "summary.json", summarize(traj, cfg.eps, result.status, **extra))  # the commit point
 
 
 class Run(NamedTuple):
@@ -189,57 +201,90 @@ class Run(NamedTuple):
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a run or sweep folder: a regular file of bounded size; one line if not."""
     try:
+        if not path.is_file():
+            if path.exists():
+                raise RunDirError(f"'{clip(path)}' is not a regular file")
+            raise RunDirError(f"run directory '{clip(path.parent)}' has no {path.name}")
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise RunDirError(f"'{clip(path)}' is damaged (larger than {MAX_JSON_BYTES} bytes)")
         obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunDirError(f"run directory '{path.parent}' has no {path.name}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-        raise RunDirError(f"{path} is damaged (not valid JSON)") from None
+    except OSError as e:
+        raise os_error(e, path, "read") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):  # JSONDecodeError is a ValueError
+        raise RunDirError(f"'{clip(path)}' is damaged (not valid JSON)") from None
     if not isinstance(obj, dict):
-        raise RunDirError(f"{path} is damaged (expected a JSON object)")
+        raise RunDirError(f"'{clip(path)}' is damaged (expected a JSON object)")
     return obj
+
+
+def check_run_dir(path: Path) -> Path:
+    """``path`` if it is a folder; one line naming what it is otherwise."""
+    if path.is_dir():
+        return path
+    if path.exists() or path.is_symlink():
+        what = "a symlink that leads nowhere (or in a loop)" if path.is_symlink() and not path.exists() else "not a folder"
+        raise RunDirError(f"run directory '{clip(path)}' is {what}")
+    raise RunDirError(f"run directory '{clip(path)}' does not exist")
 
 
 def load_config_file(run_dir: Path) -> RunConfig:
     from .config import read_yaml
 
     p = run_dir / "config.yaml"
-    if not p.is_file():
-        raise RunDirError(f"run directory '{run_dir}' has no config.yaml")
+    if not p.is_file() and not p.exists():
+        raise RunDirError(f"run directory '{clip(run_dir)}' has no config.yaml")
     try:
-        return validate(read_yaml(p))
+        tree = read_yaml(p, what="run config")
+        if not tree:
+            raise RunDirError(f"'{clip(p)}' is empty; the run directory is damaged")
+        return validate(tree)
     except ConfigError as e:
-        raise RunDirError(f"{p} is not a valid config for this version: {e}") from None
+        raise RunDirError(f"'{clip(p)}' is not a valid config for this version: {e}") from None
 
 
 def load_trajectory(run_dir: Path, K: int) -> tuple[Trajectory, np.ndarray]:
+    """trajectory.npz, its declared shapes checked against K (and its size against the memory ceiling)
+    before any data is read; steps must be finite, >= 0 and increasing."""
     p = run_dir / "trajectory.npz"
-    if not p.is_file():
-        hint = (f"; resume it with 'icl-dynamics train --resume {run_dir}'" if (run_dir / "checkpoint.npz").is_file()
-                else " (was the run finished?)")
-        raise RunDirError(f"run directory '{run_dir}' has no trajectory.npz{hint}")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: np.asarray(z[k]) for k in TRAJECTORY_KEYS}
-    except KeyError as e:
-        raise RunDirError(f"{p} lacks array {e}; it is from another version or damaged") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
-        raise RunDirError(f"{p} is damaged (not a readable .npz)") from None
-    T = arrays["steps"].shape[0] if arrays["steps"].ndim == 1 else -1
-    want = {**expected_shapes(T, K), "probs": (K,)}
-    for k, shape in want.items():
-        if T < 1 or arrays[k].shape != shape:
-            raise RunDirError(f"{p}: array '{k}' has shape {arrays[k].shape}, expected {shape} for K={K}")
-        if arrays[k].dtype.kind not in "iuf":
-            raise RunDirError(f"{p}: array '{k}' has dtype {arrays[k].dtype}, expected numbers")
+    if not p.exists():
+        hint = (f"; resume it with 'icl-dynamics train --resume {clip(run_dir)}'"
+                if (run_dir / "checkpoint.npz").is_file() else " (was the run finished?)")
+        raise RunDirError(f"run directory '{clip(run_dir)}' has no trajectory.npz{hint}")
+    want = {k: ((None, *shape[1:]), "iuf") for k, shape in expected_shapes(1, K).items()}
+    want["probs"] = ((K,), "f")
+    arrays = load_npz_checked(p, want, max_bytes=memory_ceiling())
+    T = arrays["steps"].shape[0]
+    if T < 1:
+        raise RunDirError(f"'{clip(p)}' is damaged: array 'steps' holds no logged rows")
+    for k, shape in expected_shapes(T, K).items():
+        if arrays[k].shape != shape:
+            raise RunDirError(f"'{clip(p)}' is damaged: array '{k}' has shape {arrays[k].shape}, expected {shape} "
+                              f"({T} rows, K={K})")
+    steps = arrays["steps"].astype(np.float64)
+    if not (np.all(np.isfinite(steps)) and steps[0] >= 0 and np.all(np.diff(steps) > 0)):
+        raise RunDirError(f"'{clip(p)}' is damaged: its steps are not finite, non-negative and increasing")
     return from_arrays(arrays), arrays["probs"]
+
+
+def load_params(run_dir: Path, template: Any) -> Any:
+    """params.npz as the pytree of ``template`` (an engine's init): shapes checked before reading."""
+    import jax
+
+    p = run_dir / "params.npz"
+    if not p.exists():
+        raise RunDirError(f"run directory '{clip(run_dir)}' has no params.npz (runs of versions before 0.2 "
+                          f"did not keep their parameters)")
+    leaves, treedef = jax.tree.flatten(template)
+    want = {f"param_{i}": (tuple(np.shape(x)), "f") for i, x in enumerate(leaves)}
+    arrays = load_npz_checked(p, want, max_bytes=memory_ceiling())
+    return jax.tree.unflatten(treedef, [arrays[f"param_{i}"] for i in range(len(leaves))])
 
 
 def load_run(path: str | Path) -> Run:
     """Load a finished run directory, with a one-line :class:`RunDirError` for anything missing or damaged."""
-    path = Path(path)
-    if not path.is_dir():
-        raise RunDirError(f"run directory '{path}' does not exist")
+    path = check_run_dir(Path(path))
     cfg = load_config_file(path)
     traj, probs = load_trajectory(path, cfg.data.num_features)
     summary = read_json(path / "summary.json") if (path / "summary.json").exists() else {}

@@ -58,9 +58,9 @@ def fault_step_from_env() -> int | None:
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return None
-    m = re.fullmatch(r"nan@(\d+)", spec.strip())
+    m = re.fullmatch(r"nan@(\d{1,12})", spec.strip())
     if not m or int(m.group(1)) < 1:
-        raise ConfigError(f"{FAULT_ENV}='{spec}' is malformed; expected nan@STEP with STEP >= 1")
+        raise ConfigError(f"{FAULT_ENV}='{spec[:40]}' is malformed; expected nan@STEP with 1 <= STEP < 10^12")
     return int(m.group(1))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..fsio import DirLock
 from ..storage import ARTIFACTS, prepare_output_dir
 from .documents import FILES, RUNS, write_report
 from .experiments import FULL, QUICK, Plan, run_all
@@ -27,12 +28,13 @@ def prepare_output(path: str | Path, overwrite: bool) -> Path:
     """Create the output folder; refuse a non-empty one unless ``overwrite``, which removes only the files
     ``reproduce`` writes (see the module doc)."""
     owned = [*FILES, *(f"figures/{n}" for n in FIGURES), *(f"runs/{r}/{n}" for r in RUNS for n in ARTIFACTS)]
-    return prepare_output_dir(path, overwrite, owned, "report")
+    return prepare_output_dir(path, overwrite, owned, "report")  # never empties a folder it did not make
 
 
 def reproduce(out: str | Path, plan: Plan = FULL, *, overwrite: bool = False, progress: bool = True) -> dict:
     """Run ``plan`` and write the report into ``out``; returns the results (as results.json holds them)."""
-    out = prepare_output(out, overwrite)
-    results = run_all(plan, out, progress=progress)
-    write_report(out, results)
+    with DirLock(out):
+        out = prepare_output(out, overwrite)
+        results = run_all(plan, out, progress=progress)
+        write_report(out, results)
     return results

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SweepError
+from ..fsio import DirLock, safe_dir
 from ..progress import progress_bar
 from ..storage import save_parquet
 from ..measures import config_columns
@@ -28,13 +30,13 @@ REBUILD_EVERY_S = 2.0  # how often sweep.parquet is refreshed while a sweep runs
 
 
 @contextmanager
-def _rebuilt_at_exit(out: Path) -> Iterator[None]:
+def _rebuilt_at_exit(out: Path, known: set[str]) -> Iterator[None]:
     """sweep.parquet is rebuilt when the sweep ends, also by an error or Ctrl-C (not by kill -9: then the
     next run, or load_sweep, reads rows/)."""
     try:
         yield
     finally:
-        rebuild(out)
+        rebuild(out, known)
 
 
 def _results(batches: list[Batch], keep: bool, cluster: str | None, workers: int) -> Iterator[tuple]:
@@ -68,33 +70,14 @@ def _results(batches: list[Batch], keep: bool, cluster: str | None, workers: int
                 yield futures[fut], None, e
 
 
-def run_sweep(spec_or_path: SweepSpec | dict[str, Any] | str | Path, out: str | Path, cluster: str | None = None,
-              workers: int | None = None, progress: bool = True):
-    """Run (or resume) a sweep into ``out`` and return its table (pandas DataFrame, one row per run).
-
-    ``workers``: local worker processes (default: the CPU count, at most one per batch; 1 runs in this
-    process). ``cluster``: address of an existing Dask scheduler, used instead of local workers.
-    ``df.attrs['sweep']`` says how many runs were computed now and how many were already done. Batches
-    that fail are reported (the first error is raised) after every other batch is saved.
-    """
-    started = time.time()
-    if workers is not None and workers < 1:
-        raise SweepError(f"--workers must be >= 1, got {workers}")
-    spec = load_spec(spec_or_path)
-    runs = expand(spec)
-    batches = plan_batches(runs, spec.max_batch)
-    out = prepare_sweep_dir(out, spec)
-    (out / ROWS_DIR).mkdir(exist_ok=True)
-    for tmp in (out / ROWS_DIR).glob(".*.tmp"):  # leftovers of a write cut short by a kill
-        tmp.unlink(missing_ok=True)
-    done = {r["config_hash"] for r in read_rows(out)}
-    todo = [b for b in batches if not all(r.hash in done for r in b.runs)]
-    n_todo = sum(len(b.runs) for b in todo)
-    workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
+def _run_batches(out: Path, spec: SweepSpec, todo: list[Batch], done: set[str], known: set[str], n_todo: int,
+                 n_runs: int, cluster: str | None, workers: int, progress: bool) -> list[BaseException]:
+    """Compute ``todo`` and commit each batch's rows (one atomic parquet part per batch). Returns the errors
+    of failed batches; the other batches are saved first."""
     errors: list[BaseException] = []
     last = time.time()
-    with progress_bar(progress) as bar, _rebuilt_at_exit(out):
-        task = bar.add_task(f"sweep ({len(runs) - n_todo} of {len(runs)} runs already done)", total=n_todo)
+    with progress_bar(progress) as bar, _rebuilt_at_exit(out, known):
+        task = bar.add_task(f"sweep ({n_runs - n_todo} of {n_runs} runs already done)", total=n_todo)
         for batch, results, err in _results(todo, spec.keep_trajectories, cluster, workers):
             if err is not None:
                 errors.append(err)
@@ -112,9 +95,41 @@ def run_sweep(spec_or_path: SweepSpec | dict[str, Any] | str | Path, out: str | 
             done.update(r["config_hash"] for r in rows)
             bar.update(task, advance=len(batch.runs))
             if time.time() - last > REBUILD_EVERY_S:
-                rebuild(out)
+                rebuild(out, known)
                 last = time.time()
-    rows = read_rows(out)
+    return errors
+
+
+def run_sweep(spec_or_path: SweepSpec | dict[str, Any] | str | Path, out: str | Path, cluster: str | None = None,
+              workers: int | None = None, progress: bool = True):
+    """Run (or resume) a sweep into ``out`` and return its table (pandas DataFrame, one row per run).
+
+    ``workers``: local worker processes (default: the CPU count, at most one per batch; 1 runs in this
+    process). ``cluster``: address of an existing Dask scheduler, used instead of local workers.
+    ``df.attrs['sweep']`` says how many runs were computed now and how many were already done. Batches
+    that fail are reported (the first error is raised) after every other batch is saved.
+    """
+    started = time.time()
+    if workers is not None and workers < 1:
+        raise SweepError(f"--workers must be >= 1, got {workers}")
+    spec = load_spec(spec_or_path)
+    runs = expand(spec)
+    batches = plan_batches(runs, spec.max_batch)
+    known = {r.hash for r in runs}
+    with DirLock(out):
+        out = prepare_sweep_dir(out, spec)
+        rows_dir = safe_dir(out, ROWS_DIR)
+        for tmp in rows_dir.glob(".*.tmp"):  # leftovers of a write cut short by a kill
+            tmp.unlink(missing_ok=True)
+        notes: list[str] = []
+        done = {r["config_hash"] for r in read_rows(out, known, notes)}
+        for note in notes:
+            print(f"icl-dynamics: warning: {note}", file=sys.stderr)
+        todo = [b for b in batches if not all(r.hash in done for r in b.runs)]
+        n_todo = sum(len(b.runs) for b in todo)
+        workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
+        errors = _run_batches(out, spec, todo, done, known, n_todo, len(runs), cluster, workers, progress)
+        rows = read_rows(out, known)
     if errors:
         raise errors[0]
     df = table(rows).to_pandas()

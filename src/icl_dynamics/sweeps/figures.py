@@ -20,6 +20,7 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
+from ..fsio import clip, safe_dir, sanitize_name  # noqa: E402
 from ..measures import PowerLaw  # noqa: E402,F401  (re-exported)
 from ..measures import fit_power_law as _fit  # noqa: E402
 
@@ -70,7 +71,7 @@ def _cell_mean(v: pd.Series) -> float:
     return float(v.mean()) if v.notna().all() else np.nan
 
 
-def plot_heatmap(df: pd.DataFrame, x: str, y: str, value: str, out: str | Path) -> Path:
+def plot_heatmap(df: pd.DataFrame, x: str, y: str, value: str, out: str | Path, user_path: bool = True) -> Path:
     """Mean of ``value`` per (x, y) cell as a heatmap; cells with a never-reached run are blank."""
     grid = df.groupby([y, x])[value].agg(_cell_mean).unstack(x).sort_index().sort_index(axis=1)
     z = grid.to_numpy(np.float64)
@@ -95,10 +96,11 @@ def plot_heatmap(df: pd.DataFrame, x: str, y: str, value: str, out: str | Path) 
     ax.set_title(value + (f"\n({'; '.join(notes)})" if notes else ""), fontsize=9)
     fig.colorbar(im, ax=ax, label=value)
     fig.tight_layout()
-    return _save(fig, out)
+    return _save(fig, out, user_path)
 
 
-def plot_scaling(df: pd.DataFrame, x: str, value: str, out: str | Path, level: float = 0.95) -> tuple[Path, PowerLaw]:
+def plot_scaling(df: pd.DataFrame, x: str, value: str, out: str | Path, level: float = 0.95,
+                 user_path: bool = True) -> tuple[Path, PowerLaw]:
     """``value`` against ``x`` on log-log axes: every run, the mean per x, and a fitted power law."""
     xs = pd.to_numeric(df[x], errors="coerce").to_numpy(np.float64)
     ys = pd.to_numeric(df[value], errors="coerce").to_numpy(np.float64)
@@ -128,15 +130,24 @@ def plot_scaling(df: pd.DataFrame, x: str, value: str, out: str | Path, level: f
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, out), fit
+    return _save(fig, out, user_path), fit
 
 
-def _save(fig, out: str | Path) -> Path:
-    from ..plots import save
+def _save(fig, out: str | Path, user_path: bool) -> Path:
+    """PNG bytes, written atomically to a regular file only (never through a device, FIFO or a planted
+    symlink: fsio.atomic_write_bytes)."""
+    import io
+
+    from ..fsio import atomic_write_bytes
 
     if Path(out).is_dir():
-        raise UserError(f"--out '{out}' is a directory; give a .png path")
-    return save(fig, out, dpi=130)
+        plt.close(fig)
+        raise UserError(f"--out '{clip(out)}' is a directory; give a .png path")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(out, buf.getvalue(), user_path=user_path)
+    return Path(out)
 
 
 def plot_sweep(sweep_dir: str | Path, x: str, value: str, y: str | None = None,
@@ -153,11 +164,12 @@ def plot_sweep(sweep_dir: str | Path, x: str, value: str, y: str | None = None,
         y = resolve_column(df, y)
         if y == x:
             raise UserError("--x and --y must be different columns")
-    name = f"{value}_vs_{x}" + (f"_{y}" if y else "") + ".png"
-    out = Path(out) if out else Path(sweep_dir) / "figures" / name
+    name = sanitize_name(f"{value}_vs_{x}" + (f"_{y}" if y else "")) + ".png"  # column names are data
+    user_path = out is not None
+    out = Path(out) if user_path else safe_dir(sweep_dir, "figures") / name
     if y is not None:
-        return plot_heatmap(df, x, y, value, out), None
+        return plot_heatmap(df, x, y, value, out, user_path), None
     xs = df[x]
     if not pd.api.types.is_numeric_dtype(xs) or pd.api.types.is_bool_dtype(xs):
         raise UserError(f"--x column '{x}' is not numeric; a scaling plot needs a numeric axis")
-    return plot_scaling(df, x, value, out)
+    return plot_scaling(df, x, value, out, user_path=user_path)

@@ -10,10 +10,12 @@ from typing import Any, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import RunConfig, flatten, read_yaml, set_dotted, validate, with_overrides
+from ..config import RunConfig, config_keys, flatten, read_yaml, set_dotted, validate, with_overrides
 from ..errors import ConfigError, SweepError
+from ..fsio import clip
 
 AXIS_FORMS = ("range", "linspace", "logspace", "int_logspace")
+MAX_RUNS = 100_000  # grid points in one sweep (each is a run; a sweep directory holds a row per run)
 
 
 class SweepSpec(BaseModel):
@@ -22,9 +24,24 @@ class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     base: dict[str, Any] = Field(default_factory=dict, description="config values shared by every run")
     grid: dict[str, Any] = Field(default_factory=dict, description="axes; the sweep is their product")
-    seeds: int | None = Field(None, ge=1, description="shorthand for the axis seed: {range: [0, seeds]}")
+    seeds: int | None = Field(None, ge=1, le=MAX_RUNS, description="shorthand for the axis seed: {range: [0, seeds]}")
     keep_trajectories: bool = Field(False, description="write a run directory per run under runs/")
-    max_batch: int = Field(16, ge=1, description="most runs in one vectorised batch")
+    max_batch: int = Field(16, ge=1, le=4096, description="most runs in one vectorised batch")
+
+
+def _check_count(where: str, n: int) -> None:
+    if n > MAX_RUNS:
+        raise SweepError(f"{where} has {n:,} values, over the limit of {MAX_RUNS:,} runs per sweep")
+
+
+def _check_key(key: str, raw: Any) -> None:
+    """Grid axes name one config value each (a whole section would replace the base's keys silently)."""
+    if key not in config_keys():
+        near = sorted(k for k in config_keys() if k.startswith(f"{key}.") or k.endswith(f".{key}"))
+        hint = f"; did you mean {', '.join(near[:4])}?" if near else ""
+        raise SweepError(f"grid '{clip(key)}' is not a config key{hint}")
+    if isinstance(raw, list) and key != "train.optimizer_args" and any(isinstance(v, dict) for v in raw):
+        raise SweepError(f"grid '{key}': values must be single values, not mappings")
 
 
 def _axis_values(key: str, raw: Any) -> list[Any]:
@@ -33,6 +50,7 @@ def _axis_values(key: str, raw: Any) -> list[Any]:
     if isinstance(raw, list):
         if not raw:
             raise SweepError(f"{where} is an empty list")
+        _check_count(where, len(raw))
         return raw
     if not (isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in AXIS_FORMS):
         raise SweepError(f"{where} must be a list or one of {{range|linspace|logspace|int_logspace: [...]}}, "
@@ -47,11 +65,13 @@ def _axis_values(key: str, raw: Any) -> list[Any]:
                              f"(stop excluded), got {args!r}")
         if len(nums) == 3 and nums[2] == 0:
             raise SweepError(f"{where}: range step must not be 0")
+        _check_count(where, len(range(*nums)))
         values: list[Any] = list(range(*nums))
     else:
         if len(nums) != 3 or not isinstance(nums[2], int) or nums[2] < 1:
             raise SweepError(f"{where}: {form} expects [first, last, count] with an integer count >= 1, "
                              f"got {args!r}")
+        _check_count(where, nums[2])
         lo, hi, n = float(nums[0]), float(nums[1]), nums[2]
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise SweepError(f"{where}: {form} bounds must be finite, got {args!r}")
@@ -98,7 +118,7 @@ def load_spec(spec: SweepSpec | dict[str, Any] | str | Path) -> SweepSpec:
         return spec
     if isinstance(spec, dict):
         return parse_spec(spec)
-    return parse_spec(read_yaml(spec))
+    return parse_spec(read_yaml(spec, what="sweep spec"))
 
 
 class PlannedRun(NamedTuple):
@@ -117,7 +137,12 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
         base = validate(tree)
     except ConfigError as e:
         raise SweepError(f"sweep base: {e}") from None
-    axes = {k: _axis_values(k, v) for k, v in spec.grid.items()}
+    for k, v in spec.grid.items():
+        _check_key(k, v)
+    axes = {k: _axis_values(k, v) for k, v in spec.grid.items()}  # each axis is counted before it is made
+    points = math.prod(len(a) for a in axes.values()) * (spec.seeds or 1)
+    if points > MAX_RUNS:
+        raise SweepError(f"the grid has {points:,} points, over the limit of {MAX_RUNS:,} runs")
     if spec.seeds is not None:
         axes["seed"] = list(range(spec.seeds))
     if not axes:

@@ -1,6 +1,7 @@
 """Sweep directories: the only code that reads and writes them.
 
     sweep.yaml             the normalised spec; a different spec in the same folder is refused
+    .icl-dynamics, .lock   the marker (icl-dynamics made it) and the writer's lock
     rows/<batch>.parquet   the rows of one finished batch, written atomically (the source of truth)
     sweep.parquet          all rows, deduplicated by config_hash, rebuilt atomically from rows/
     runs/<config_hash>/    a run directory per run, only with ``keep_trajectories: true``
@@ -19,6 +20,8 @@ import yaml
 
 from ..config import RunConfig, read_yaml
 from ..errors import RunDirError, UserError
+from ..fsio import clip, safe_dir
+from ..fsio_owned import mark_owned, prepare_owned_dir
 from ..storage import atomic_write_text, prepare_run_dir, save_parquet, write_config, write_run_dir
 from ..trainer import TrainResult
 from ..trajectory import from_arrays
@@ -39,41 +42,71 @@ def _diff_key(old: Any, new: Any, prefix: str = "") -> str | None:
 
 
 def prepare_sweep_dir(out: str | Path, spec: SweepSpec) -> Path:
-    """Create ``out`` with sweep.yaml, or accept it for resumption if it holds the same spec."""
+    """Create ``out`` with sweep.yaml, or accept it for resumption if it holds the same spec. A non-empty
+    folder that holds no sweep is refused: it may be the user's. (Call with :class:`fsio.DirLock` held.)"""
     out = Path(out)
     norm = yaml.safe_load(yaml.safe_dump(normalise(spec), sort_keys=False))
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out '{out}' exists and is not a directory")
-    if (out / SPEC_FILE).is_file():
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise RunDirError(f"--out '{clip(out)}' exists and is not a folder")
+    if (out / SPEC_FILE).exists():
         try:
-            old = normalise(parse_spec(read_yaml(out / SPEC_FILE)))
+            old = normalise(parse_spec(read_yaml(out / SPEC_FILE, what="sweep spec")))
         except UserError:
-            raise RunDirError(f"{out / SPEC_FILE} is damaged; use a new --out") from None
+            raise RunDirError(f"'{clip(out / SPEC_FILE)}' is damaged; use a new --out") from None
         if (key := _diff_key(old, norm)) is not None:
-            raise RunDirError(f"--out '{out}' holds a different sweep (its {SPEC_FILE} differs at '{key}'); "
+            raise RunDirError(f"--out '{clip(out)}' holds a different sweep (its {SPEC_FILE} differs at '{key}'); "
                               f"use a new --out, or the same spec to resume")
+        mark_owned(out, "sweep")
         return out
-    if out.is_dir() and any(out.iterdir()):
-        raise RunDirError(f"--out '{out}' exists, is not empty and holds no {SPEC_FILE}; use a new --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"cannot create sweep directory '{out}': {e.strerror}") from None
-    atomic_write_text(out / SPEC_FILE, yaml.safe_dump(norm, sort_keys=False))  # first: it marks the folder
+    out = prepare_owned_dir(out, "sweep", False, [])  # refuses a non-empty folder that is not ours
+    atomic_write_text(out / SPEC_FILE, yaml.safe_dump(norm, sort_keys=False))
     return out
 
 
-def read_rows(out: Path) -> list[dict[str, Any]]:
-    """Rows of every finished batch, oldest part first, deduplicated by config_hash (first kept)."""
-    parts = sorted((out / ROWS_DIR).glob("*.parquet"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+def _parts(out: Path) -> list[Path]:
+    rows_dir = out / ROWS_DIR
+    if not rows_dir.exists():
+        return []
+    if rows_dir.is_symlink() or not rows_dir.is_dir():
+        raise RunDirError(f"'{clip(rows_dir)}' is not a folder; the sweep directory is damaged (move it away and "
+                          f"run the sweep again to recompute the missing rows)")
+    return sorted(rows_dir.glob("*.parquet"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def _read_table(p: Path) -> list[dict[str, Any]] | None:
+    """The rows of one parquet file; None when it is not a readable table of rows with a config_hash."""
+    try:
+        if not p.is_file():
+            return None
+        rows = pq.read_table(p).to_pylist()
+    except (OSError, pa.ArrowException, ValueError):
+        return None
+    return rows if all(isinstance(r.get("config_hash"), str) for r in rows) else None
+
+
+def read_rows(out: Path, known: set[str] | None = None, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of every finished run, from rows/ (oldest part first) and from the last sweep.parquet (which
+    may hold the only copy of a row whose part was lost), deduplicated by config_hash (first kept). With
+    ``known`` (the spec's config hashes), rows of other configs are left out. Problems (an unreadable part,
+    stray rows) go to ``notes``; the runs of an unreadable part are simply not done yet."""
+    notes = [] if notes is None else notes
     seen: dict[str, dict[str, Any]] = {}
-    for p in parts:
-        try:
-            rows = pq.read_table(p).to_pylist()
-        except Exception:  # noqa: BLE001 - any unreadable part is reported the same way
-            raise RunDirError(f"{p} is damaged; delete it and re-run the sweep to recompute its runs") from None
+    sources = [*_parts(out), out / TABLE_FILE]
+    for p in sources:
+        if p.name == TABLE_FILE and not (p.exists() or p.is_symlink()):
+            continue
+        rows = _read_table(p)
+        if rows is None:
+            notes.append(f"'{clip(p)}' is unreadable; its runs are computed again")
+            continue
+        stray = 0
         for r in rows:
+            if known is not None and r["config_hash"] not in known:
+                stray += 1
+                continue
             seen.setdefault(r["config_hash"], r)
+        if stray and p.name != TABLE_FILE:
+            notes.append(f"'{clip(p)}' holds {stray} row(s) of configs not in this sweep's spec; ignored")
     return sorted(seen.values(), key=lambda r: r["run"])
 
 
@@ -83,9 +116,13 @@ def table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.table({k: [r.get(k) for r in rows] for k in keys})
 
 
-def rebuild(out: Path) -> list[dict[str, Any]]:
-    """Rewrite sweep.parquet from rows/ (atomically); returns the rows."""
-    rows = read_rows(out)
+def rebuild(out: Path, known: set[str] | None = None, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rewrite sweep.parquet from rows/ and itself (atomically); returns the rows. It never shrinks: with
+    fewer rows than it holds (a part lost meanwhile), it is left as it is."""
+    rows = read_rows(out, known, notes)
+    old = _read_table(out / TABLE_FILE)
+    if old is not None and len(old) > len(rows):
+        return rows
     save_parquet(out / TABLE_FILE, table(rows))
     return rows
 
@@ -93,7 +130,7 @@ def rebuild(out: Path) -> list[dict[str, Any]]:
 def write_run_dir_of(out: Path, cfg: RunConfig, arrays: dict[str, np.ndarray], row: dict[str, Any]) -> None:
     """runs/<config_hash>/, exactly as ``train`` writes a run directory, before the batch's rows are
     committed, so a kill in between only means the batch runs again and rewrites it."""
-    path = prepare_run_dir(out / RUNS_DIR / row["config_hash"], overwrite=True)
+    path = prepare_run_dir(safe_dir(out, RUNS_DIR) / row["config_hash"], overwrite=True)
     write_config(path, cfg)
     result = TrainResult(from_arrays(arrays), None, row["status"], row["diverged_at"])
     write_run_dir(path, cfg, result, time.time() - row["wall_time_s"])
@@ -103,8 +140,5 @@ def load_sweep(out: str | Path):
     """The sweep table as a pandas DataFrame: one row per finished run, in grid order."""
     out = Path(out)
     if not (out / SPEC_FILE).is_file():
-        raise RunDirError(f"'{out}' is not a sweep directory (no {SPEC_FILE})")
-    if not (out / ROWS_DIR).is_dir():
-        return table([]).to_pandas()
+        raise RunDirError(f"'{clip(out)}' is not a sweep directory (no {SPEC_FILE})")
     return table(read_rows(out)).to_pandas()
-
