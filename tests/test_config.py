@@ -20,7 +20,7 @@ def test_defaults_are_the_documented_ones():
     assert (d.num_features, d.dim, d.prompt_length, d.probs, d.dominant_prob, d.zipf_exponent) == \
         (16, 16, 256, "imbalanced", 0.5, 1.0)
     assert m.include_query_in_softmax is False
-    assert (t.engine, t.expectation, t.lr, t.log_every) == ("population", "monte_carlo", 1.0, None)
+    assert (t.engine, t.expectation, t.lr, t.log_every) == ("population", "exact", 1.0, None)
     assert cfg.eps == 1e-2
 
 
@@ -88,14 +88,29 @@ def test_bad_values_name_their_key(overrides, key):
     assert f"'{key}'" in msg and "\n" not in msg
 
 
-def test_exact_table_too_large_is_refused_at_validation():
+def test_enumerated_table_too_large_is_refused_at_validation():
     with pytest.raises(ConfigError) as e:
-        load_config(None, ["train.expectation=exact", "data.num_features=8", "data.prompt_length=64"])
+        load_config(None, ["train.expectation=enumerate", "data.num_features=8", "data.prompt_length=64"])
     msg = str(e.value)
-    assert "'train.expectation'" in msg and f"{math.comb(64 + 7, 7):,}" in msg and "monte_carlo" in msg
-    # the tokens engine does not enumerate counts, so the same data is fine there
-    load_config(None, ["train.expectation=exact", "data.num_features=8", "data.prompt_length=64",
+    assert "'train.expectation'" in msg and f"{math.comb(64 + 7, 7):,}" in msg and "expectation=exact" in msg
+    # the closed form and the tokens engine do not enumerate counts, so the same data is fine there
+    load_config(None, ["train.expectation=exact", "data.num_features=8", "data.prompt_length=64"])
+    load_config(None, ["train.expectation=enumerate", "data.num_features=8", "data.prompt_length=64",
                        "train.engine=tokens"])
+
+
+@pytest.mark.parametrize("value, ok", [("{poisson: 50}", True), ("{uniform: [10, 20]}", True),
+                                       ("{poisson: -1}", False), ("{uniform: [20, 10]}", False),
+                                       ("{uniform: [0, 20000]}", False), ("{binomial: 3}", False), ("0", False)])
+def test_prompt_length_laws(value, ok):
+    sets = [f"data.prompt_length={value}"]
+    if ok:
+        assert load_config(None, sets).data.prompt_length
+        with pytest.raises(ConfigError, match="needs train.engine=population with train.expectation=exact"):
+            load_config(None, [*sets, "train.expectation=mean_field"])
+    else:
+        with pytest.raises(ConfigError, match="'data.prompt_length'"):
+            load_config(None, sets)
 
 
 def test_feature_probs_and_setting_names():

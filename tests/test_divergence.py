@@ -40,7 +40,7 @@ def _population_all(s, probs, table, include_query):
 def test_population_shift_invariant_at_huge_scores(include_query):
     cfg = load_config(None, ["data.num_features=4", "data.prompt_length=6"])
     probs = jnp.asarray(feature_probs(cfg.data))
-    table = count_table("exact", 6, np.asarray(probs), key=None, samples=1, max_exact=10**6)
+    table = count_table("enumerate", 6, np.asarray(probs), key=None, samples=1, max_exact=10**6)
     s = jnp.asarray(np.random.default_rng(0).normal(size=(4, 4)) * 3)
     # include_query adds the query's own column at score s[k, k], which shifts with its row too.
     ref = _population_all(s, probs, table, include_query)
@@ -58,7 +58,7 @@ def test_population_saturated_attention_is_exact():
     # feature_loss = 1/2 sum_j C(5, j) 3^-5 (1 + (j^2 + (5 - j)^2) / 25)   (K = 3 balanced, N = 5)
     cfg = load_config(None, ["data.num_features=3", "data.prompt_length=5", "data.probs=balanced"])
     probs = jnp.asarray(feature_probs(cfg.data))
-    table = count_table("exact", 5, np.asarray(probs), key=None, samples=1, max_exact=10**6)
+    table = count_table("enumerate", 5, np.asarray(probs), key=None, samples=1, max_exact=10**6)
     fl, at, g = _population_all(jnp.eye(3) * 1e3, probs, table, False)
     floor = 0.5 * sum(math.comb(5, j) / 3**5 * (1 + (j**2 + (5 - j) ** 2) / 25) for j in range(6))
     np.testing.assert_allclose(fl, floor, rtol=1e-12)

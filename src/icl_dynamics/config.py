@@ -31,13 +31,41 @@ class _Strict(BaseModel):
 
 
 # Upper bounds are sanity limits: an absurd size gets a clear error here instead of an out-of-memory crash.
+MAX_UNIFORM_SPAN = 10_000
+
+
 class DataConfig(_Strict):
     num_features: int = Field(16, ge=1, le=4096, description="K, the number of orthonormal features")
     dim: int | None = Field(None, ge=1, le=65536, description="d, the token dimension (default: K); must be >= K")
-    prompt_length: int = Field(256, ge=1, le=10**9, description="N, the number of prompt tokens")
+    prompt_length: int | dict[str, Any] = Field(256, description="N, the number of prompt tokens; or a law "
+                                                "(population engine, exact expectation): {poisson: mean} or "
+                                                "{uniform: [lo, hi]}")
     probs: ProbsSpec = Field("imbalanced", description="balanced | imbalanced | zipf | an explicit list")
     dominant_prob: float = Field(0.5, gt=0.0, lt=1.0, description="p_1 for 'imbalanced'")
     zipf_exponent: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="s in p_k ~ k^-s for 'zipf'")
+
+    @field_validator("prompt_length")
+    @classmethod
+    def _prompt_length(cls, v: int | dict[str, Any]) -> int | dict[str, Any]:
+        if isinstance(v, int):
+            if not 1 <= v <= 10**9:
+                raise ValueError("must be between 1 and 10^9")
+            return v
+        if list(v) == ["poisson"]:
+            lam = v["poisson"]
+            if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 < lam <= 10**9:
+                raise ValueError("{poisson: mean} needs a mean in (0, 10^9]")
+            return {"poisson": float(lam)}
+        if list(v) == ["uniform"]:
+            r = v["uniform"]
+            if not (isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                 for x in r) and 0 <= r[0] <= r[1] <= 10**9):
+                raise ValueError("{uniform: [lo, hi]} needs integers 0 <= lo <= hi <= 10^9")
+            if r[1] - r[0] > MAX_UNIFORM_SPAN:
+                raise ValueError(f"{{uniform: [lo, hi]}} spans at most {MAX_UNIFORM_SPAN} lengths (its cost grows "
+                                 f"with hi - lo); use {{poisson: mean}} for a wide law")
+            return v
+        raise ValueError("must be a whole number N, {poisson: mean} or {uniform: [lo, hi]}")
 
     @field_validator("probs", mode="before")
     @classmethod
@@ -85,7 +113,12 @@ class ModelConfig(_Strict):
 
 class TrainConfig(_Strict):
     engine: str = Field("population", description="a registered engine (registry.ENGINES): population | tokens")
-    expectation: Literal["exact", "monte_carlo", "mean_field"] = "monte_carlo"
+    expectation: Literal["exact", "enumerate", "monte_carlo", "mean_field"] = Field(
+        "exact", description="over the prompt's token counts (population engine): exact (closed form, any N) | "
+        "enumerate (every count vector; small K, N) | monte_carlo | mean_field (n = N p)")
+    quadrature_nodes: int | None = Field(None, ge=16, le=65536, description="nodes of the exact expectation's "
+                                         "quadrature; None: sized from the score spread (summary.json reports "
+                                         "the error estimate)")
     count_samples: int = Field(4096, ge=1, le=10**8, description="Monte Carlo count vectors, fixed for the run")
     batch_size: int = Field(256, ge=1, le=10**7, description="prompts per step (tokens engine)")
     eval_prompts: int = Field(512, ge=1, le=10**7, description="fixed prompts for tokens-engine metrics, per query feature")
@@ -95,7 +128,7 @@ class TrainConfig(_Strict):
                                                     "hyperparameters, e.g. {momentum: 0.9} or {b1: 0.9, b2: 0.999}")
     steps: int = Field(3000, ge=1, le=10**12)  # the minor features reach eps (~2060 at N=256) in the default run
     log_every: int | None = Field(None, ge=1, le=10**12, description="None: log-spaced plus linear schedule")
-    max_exact_table: int = Field(2_000_000, ge=1, le=10**9, description="largest count table 'exact' will enumerate")
+    max_exact_table: int = Field(2_000_000, ge=1, le=10**9, description="largest count table 'enumerate' will build")
     checkpoint_every: int | None = Field(None, ge=1, le=10**12, description="steps between checkpoints (written at the "
                                          "next chunk boundary); None: every 5% of steps, >= 30 s apart")
 
@@ -156,6 +189,14 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eps: float = Field(1e-2, gt=0.0, lt=1.0)
     seed: int = Field(0, ge=0, lt=2**63)
+
+    @model_validator(mode="after")
+    def _law_needs_exact(self) -> RunConfig:
+        if isinstance(self.data.prompt_length, dict) and not (
+                self.train.engine == "population" and self.train.expectation == "exact"):
+            raise ValueError("data.prompt_length: a prompt-length law needs train.engine=population with "
+                             "train.expectation=exact (computed through its generating function)")
+        return self
 
     def memory(self) -> MemoryEstimate:
         """Every array the run will hold (the engine's declared ones, the logged trajectory), in bytes,

@@ -104,8 +104,8 @@ def exact_table_size(N: int, K: int, max_size: int | None = None) -> int:
     size = math.comb(N + K - 1, K - 1)
     if max_size is not None and size > max_size:
         raise ConfigError(
-            f"train.expectation: 'exact' would enumerate C(N+K-1, K-1) = {size:,} count vectors "
-            f"(N={N}, K={K}), over train.max_exact_table={max_size:,}; use train.expectation=monte_carlo")
+            f"train.expectation: 'enumerate' would list C(N+K-1, K-1) = {size:,} count vectors "
+            f"(N={N}, K={K}), over train.max_exact_table={max_size:,}; use train.expectation=exact")
     return size
 
 
@@ -143,7 +143,7 @@ def mean_field_counts(N: int, probs: np.ndarray) -> CountTable:
 
 def count_table(kind: str, N: int, probs: np.ndarray, *, key: jax.Array, samples: int,
                 max_exact: int) -> CountTable:
-    if kind == "exact":
+    if kind == "enumerate":
         return exact_counts(N, probs, max_exact)
     if kind == "monte_carlo":
         return monte_carlo_counts(key, N, jnp.asarray(probs), samples)

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import checkpoint
 from .config import RunConfig
-from .engines import build_engine
+from .engines import build_engine, engine_spec
 from .errors import Interrupted, RunDirError, StorageError
 from .fsio import DirLock, clip
 from .storage import (atomic_write_json, check_run_dir, is_finished, load_config_file, prepare_run_dir,
@@ -80,7 +80,8 @@ def _train_into(cfg: RunConfig, out: Path, *, progress: bool, start: TrainState 
         result = train(engine, log_schedule(cfg.train.steps, cfg.train.log_every), progress=progress,
                        fault_step=fault_step_from_env(), start=start, checkpoint_every=every,
                        on_checkpoint=save, min_checkpoint_seconds=min_seconds)
-        write_run_dir(out, cfg, result, started, **({"resumed_from": start.step} if start else {}))
+        report = engine_spec(engine.name).report(engine, result.params)
+        write_run_dir(out, cfg, result, started, report, **({"resumed_from": start.step} if start else {}))
     except Interrupted as e:
         _mark(out, {"status": "interrupted", "signal": signal.Signals(e.signum).name, "step": e.step,
                     **(hint if e.saved else {})})

@@ -170,7 +170,8 @@ def write_config(path: Path, cfg: RunConfig) -> None:
     atomic_write_text(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def write_run_dir(out: Path, cfg: RunConfig, result: TrainResult, started: float, **manifest_extra: Any) -> None:
+def write_run_dir(out: Path, cfg: RunConfig, result: TrainResult, started: float,
+                  engine_report: dict[str, Any] | None = None, **manifest_extra: Any) -> None:
     """The outputs of a finished (or diverged) run: trajectory.npz, params.npz, metrics.parquet,
     phases.json, manifest.json, and summary.json last, the commit point (config.yaml is written when the
     run starts; the caller removes the checkpoint after this)."""
@@ -187,6 +188,8 @@ def write_run_dir(out: Path, cfg: RunConfig, result: TrainResult, started: float
     atomic_write_json(out / "phases.json", detect_phases(traj, probs, cfg.eps, setting_name(cfg.data)))
     atomic_write_json(out / "manifest.json", manifest(cfg, started, time.time(), **manifest_extra))
     extra = {"diverged_at": result.diverged_at} if result.status == "diverged" else {}
+    if engine_report:
+        extra["engine"] = engine_report
     atomic_write_json(out / "summary.json", summarize(traj, cfg.eps, result.status, **extra))  # the commit point
 
 

@@ -64,12 +64,15 @@ class EngineSpec(NamedTuple):
     - ``sizes(cfg) -> [(config key, what, number of float64 elements)]``: its largest arrays, checked
       against the memory limit before anything is built
     - ``rng_key(consts) -> key or None``: where its random state lives (checkpoints save and verify it)
+    - ``report(engine, final params) -> dict``: what summary.json records about the engine (accuracy
+      estimates and the like)
     """
 
     build: Callable[["RunConfig"], Engine]
     shape_key: Callable[["RunConfig"], tuple]
     sizes: Callable[["RunConfig"], list[tuple[str, str, int]]]
     rng_key: Callable[[Any], Any] = _no_key
+    report: Callable[[Engine, Any], dict] = lambda engine, params: {}
 
 
 def engine_spec(name: str) -> EngineSpec:

@@ -1,8 +1,13 @@
 """Population objective (spec sections 4-5): exact GD on L in the K x K ``scores`` coordinates.
 
 From Q = 0 the gradient stays in span{v_n v_k^T}, so GD on Q is exactly GD on scores; w is integrated out
-in closed form and the expectation over prompt-token counts is a weighted :class:`CountTable` (exact
-enumeration, Monte Carlo, or mean field). The cost depends on K and the table size, never on d.
+in closed form. The expectation over prompt-token counts is ``train.expectation``:
+
+- ``exact`` (default): the closed form of spec section 9 (closed_form.py), any N or prompt-length law, at
+  a cost independent of N; features of equal probability are computed once, so they stay bit-for-bit equal;
+- ``enumerate``: a weighted :class:`CountTable` of every count vector (small K and N; the cross-check);
+- ``monte_carlo``: a table of sampled count vectors; ``mean_field``: the single vector n = N p.
+The cost depends on K and the table size or quadrature nodes, never on d.
 
 Two implementations of one formula:
 
@@ -19,11 +24,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..config import RunConfig
 from ..data import CountTable, count_table, exact_table_size, feature_probs, seed_key
 from ..registry import ATTENTION, ENGINES
 from . import Engine, EngineSpec, Metrics, training
+from . import closed_form as cf
 
 # The matrix path shifts each query row by its largest score, so e^{s - max} lies in [e^{-spread}, 1] and
 # its square in [e^{-2 spread}, 1]. With spread <= 300 every intermediate (and 1/Z <= e^{300}) stays a
@@ -36,11 +43,15 @@ SPREAD_MAX = 300.0
 class PopStatic(NamedTuple):
     include_query: bool
     attention: str
+    expectation: str = "enumerate"
+    nodes: int = 0  # quadrature nodes (exact)
+    groups: cf.Classes | None = None  # classes of equal probability (exact)
 
 
 class PopConsts(NamedTuple):
     probs: jnp.ndarray  # (K,)
-    table: CountTable  # counts (M, K), weights (M,)
+    table: CountTable | None  # counts (M, K), weights (M,); None for exact
+    law: cf.PromptLaw | None = None  # the prompt length's law; exact only
 
 
 def per_query(scores: jnp.ndarray, table: CountTable, include_query: bool, attention: str = "softmax"):
@@ -118,8 +129,15 @@ def _matrix_path_ok(static: PopStatic, scores) -> jnp.ndarray:
     return _all(spread <= SPREAD_MAX)
 
 
+def _closed_form(static: PopStatic, c: PopConsts, scores) -> cf.Stats:
+    return cf.stats_kernel(scores, c.probs, c.law, include_query=static.include_query, nodes=static.nodes,
+                           groups=static.groups)
+
+
 def grad(static: PopStatic, c: PopConsts, scores, step):
     """dL/dscores (K, K): GD on Q from 0 is exactly GD on scores (spec section 5)."""
+    if static.expectation == "exact":
+        return _closed_form(static, c, scores).grad
     def generic(s):
         return jax.grad(population_loss)(s, c.probs, c.table, static.include_query, static.attention)
 
@@ -133,7 +151,9 @@ def observe(static: PopStatic, c: PopConsts, scores) -> Metrics:
     def generic(s):
         return per_query(s, c.table, static.include_query, static.attention)
 
-    if static.attention != "softmax":
+    if static.expectation == "exact":
+        _, feature_loss, attention = _closed_form(static, c, scores)
+    elif static.attention != "softmax":
         feature_loss, attention = generic(scores)
     else:
         feature_loss, attention = jax.lax.cond(
@@ -142,34 +162,84 @@ def observe(static: PopStatic, c: PopConsts, scores) -> Metrics:
     return Metrics(c.probs @ feature_loss, feature_loss, scores, attention)
 
 
+SPREAD_MARGIN = 60.0  # score spread the quadrature is sized for beyond the start's; reported at the end
+
+
+def prompt_law(cfg: RunConfig) -> cf.PromptLaw:
+    """``data.prompt_length`` as a law: a fixed N, or {poisson: mean}, or {uniform: [lo, hi]}."""
+    n = cfg.data.prompt_length
+    if isinstance(n, int):
+        return cf.fixed(n)
+    if "poisson" in n:
+        return cf.poisson(float(n["poisson"]))
+    lo, hi = n["uniform"]
+    return cf.uniform(lo, hi)
+
+
+def quadrature_nodes(cfg: RunConfig) -> int:
+    """``train.quadrature_nodes``, or the count that covers the initial spread plus SPREAD_MARGIN."""
+    if cfg.train.quadrature_nodes is not None:
+        return cfg.train.quadrature_nodes
+    K = cfg.data.num_features
+    return cf.choose_nodes(np.zeros((K, K)), feature_probs(cfg.data), prompt_law(cfg),
+                           cfg.model.include_query_in_softmax, margin=SPREAD_MARGIN)
+
+
 def build(cfg: RunConfig) -> Engine:
     d, t = cfg.data, cfg.train
     probs = feature_probs(d)
-    table = count_table(t.expectation, d.prompt_length, probs, key=seed_key(cfg.seed, "counts"),
-                        samples=t.count_samples, max_exact=t.max_exact_table)
-    consts = PopConsts(jnp.asarray(probs), table)
-    static = PopStatic(cfg.model.include_query_in_softmax, cfg.model.attention)
     K = d.num_features
+    if t.expectation == "exact":
+        consts = PopConsts(jnp.asarray(probs), None, prompt_law(cfg).as_f64())
+        static = PopStatic(cfg.model.include_query_in_softmax, cfg.model.attention, "exact",
+                           quadrature_nodes(cfg), cf.classes(probs))
+    else:
+        table = count_table(t.expectation, d.prompt_length, probs, key=seed_key(cfg.seed, "counts"),
+                            samples=t.count_samples, max_exact=t.max_exact_table)
+        consts = PopConsts(jnp.asarray(probs), table)
+        static = PopStatic(cfg.model.include_query_in_softmax, cfg.model.attention, t.expectation)
     return Engine("population", static, consts, jnp.zeros((K, K), jnp.float64), grad, observe, *training(cfg))
 
 
 def shape_key(cfg: RunConfig) -> tuple:
-    """N, p, lr and the seed are values in a mean-field or Monte Carlo table; an exact table's size depends
-    on N (and on which count vectors have non-zero probability, which the sweep worker checks)."""
+    """N, p, lr and the seed are values (in a mean-field or Monte Carlo table, or the closed form's law);
+    an enumerated table's size depends on N (and on which count vectors have non-zero probability, which
+    the sweep worker checks); the closed form's node count and prompt-length law kind are static."""
     d, t = cfg.data, cfg.train
-    size = {"exact": ("N", d.prompt_length), "monte_carlo": ("M", t.count_samples), "mean_field": ()}
+    if t.expectation == "exact":
+        law = prompt_law(cfg)
+        return (d.num_features, "exact", quadrature_nodes(cfg), law.kind, law.size,
+                cf.classes(feature_probs(d)))
+    size = {"enumerate": ("N", d.prompt_length), "monte_carlo": ("M", t.count_samples), "mean_field": ()}
     return (d.num_features, t.expectation, size[t.expectation])
 
 
 def sizes(cfg: RunConfig) -> list[tuple[str, str, int]]:
     d, t = cfg.data, cfg.train
     K = d.num_features
-    if t.expectation == "exact":
-        return [("train.expectation", "exact table C(N+K-1, K-1) x K",
+    if t.expectation == "enumerate":
+        return [("train.expectation", "enumerated table C(N+K-1, K-1) x K",
                  exact_table_size(d.prompt_length, K, t.max_exact_table) * K)]
     if t.expectation == "monte_carlo":
         return [("train.count_samples", "count_samples x K^2", t.count_samples * K * K)]
+    if t.expectation == "exact":  # the general path's (rows, nodes, K) temporaries, 4 rows at a time
+        return [("train.quadrature_nodes", "quadrature nodes x K x 4 rows x a few",
+                 16 * (t.quadrature_nodes or 2048) * K)]
     return []
 
 
-ENGINES.register("population")(EngineSpec(build, shape_key, sizes))
+def report(engine: Engine, params) -> dict:
+    """summary.json's ``engine`` entry: for the closed form, its quadrature and an error estimate at the
+    final scores (the difference between the node count and half of it, which bounds the error)."""
+    st, c = engine.static, engine.consts
+    if st.expectation != "exact":
+        return {"expectation": st.expectation}
+    scores = np.asarray(params)
+    law = c.law
+    spread = float(np.max(np.max(scores, 1) - np.min(scores, 1)))
+    return {"expectation": "exact", "quadrature_nodes": st.nodes,
+            "spread_covered": cf.spread_limit(st.nodes, law, st.include_query), "final_spread": spread,
+            "quadrature_error": cf.quadrature_error(scores, np.asarray(c.probs), law, st.include_query, st.nodes)}
+
+
+ENGINES.register("population")(EngineSpec(build, shape_key, sizes, report=report))
