@@ -131,6 +131,17 @@ class TrainConfig(_Strict):
     max_exact_table: int = Field(2_000_000, ge=1, le=10**9, description="largest count table 'enumerate' will build")
     checkpoint_every: int | None = Field(None, ge=1, le=10**12, description="steps between checkpoints (written at the "
                                          "next chunk boundary); None: every 5% of steps, >= 30 s apart")
+    method: Literal["gd", "flow"] = Field("gd", description="gd: discrete steps; flow: the gradient flow "
+                                          "d scores/dt = -grad L (population engine, plain GD), integrated by "
+                                          "diffrax, in time units lr x steps")
+    flow_solver: Literal["tsit5", "dopri5", "dopri8", "kvaerno5"] = Field("tsit5", description="diffrax solver")
+    flow_rtol: float = Field(1e-8, gt=0.0, lt=1.0, description="relative tolerance of the adaptive flow solver")
+    flow_atol: float = Field(1e-10, gt=0.0, lt=1.0, description="absolute tolerance of the adaptive flow solver")
+    stop_at_eps: bool = Field(False, description="stop once every feature_loss <= eps has held for stop_factor "
+                                                 "times the step of the last crossing (a sweep's steps then "
+                                                 "only bound the run)")
+    stop_factor: float = Field(1.1, ge=1.0, le=100.0, allow_inf_nan=False,
+                               description="with stop_at_eps: run on to this factor times the last crossing")
 
     @field_validator("engine")
     @classmethod
@@ -189,6 +200,14 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eps: float = Field(1e-2, gt=0.0, lt=1.0)
     seed: int = Field(0, ge=0, lt=2**63)
+
+    @model_validator(mode="after")
+    def _flow_needs_population(self) -> RunConfig:
+        t = self.train
+        if t.method == "flow" and (t.engine != "population" or t.optimizer != "gd"):
+            raise ValueError("train.method: the gradient flow needs train.engine=population and train.optimizer=gd "
+                             "(a deterministic gradient)")
+        return self
 
     @model_validator(mode="after")
     def _law_needs_exact(self) -> RunConfig:
