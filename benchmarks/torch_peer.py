@@ -8,7 +8,7 @@ Two peers, both computing the same loss and gradient as our tokens engine (spec 
 - ``literal``: the full (N+1) x (N+1) attention F(E) = E + W^{PV} E softmax(E^T W^{KQ} E), as written in
   the paper, then yhat = F[d, N].
 
-Importing this module needs torch; ``benchmarks/run.py`` skips the comparison when it is missing.
+Importing this module needs torch; the ``tokens_vs_torch`` section (peer_bench.py) is skipped without it.
 """
 
 from __future__ import annotations

@@ -1,35 +1,44 @@
-"""The benchmark suite's own correctness (never its timings): its exact reference, its PyTorch peer, and the
-fast paths it measures (matrix-product population step, no recompilation on new values)."""
+"""The benchmark suite's own correctness (never its timings): its exact reference, its PyTorch peer, the
+fast paths it measures (matrix-product population step, no recompilation on new values), its sweep
+comparison, and docs/performance.md's tables against the committed benchmarks/results.json.
+
+Run from the repository root (``python -m pytest``, as ``make test`` does), so ``benchmarks`` imports.
+"""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import json
+import typing
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from exact_reference import SymmetricExact  # noqa: E402
-
-from icl_dynamics import trainer  # noqa: E402
-from icl_dynamics.config import RunConfig, with_overrides  # noqa: E402
-from icl_dynamics.engines import build_engine  # noqa: E402
-from icl_dynamics.engines import population as P  # noqa: E402
-from icl_dynamics.engines import tokens as T  # noqa: E402
+from benchmarks import report, sweep_bench
+from benchmarks.exact_reference import SymmetricExact
+from icl_dynamics import trainer
+from icl_dynamics.config import RunConfig, TrainConfig, with_overrides
+from icl_dynamics.engines import build_engine
+from icl_dynamics.engines import population as P
+from icl_dynamics.engines import tokens as T
 
 
 def cfg(**dotted):
     return with_overrides(RunConfig(), {k.replace("__", "."): v for k, v in dotted.items()})
 
 
-def test_symmetric_reference_equals_exact_enumeration():
-    """Both sum the same finite expectation exactly (165 count vectors vs a trinomial sum), and GD is run for
-    200 steps at a stable lr: round-off only, so 1e-10 relative."""
-    c = cfg(data__num_features=4, data__prompt_length=8, data__dominant_prob=0.55, train__expectation="exact",
+# the engine's exact expectations: count-vector enumeration ("exact" in older configs, "enumerate" since the
+# closed form took the name "exact") and the closed form; the reference must equal each one offered
+EXACT_KINDS = [k for k in ("exact", "enumerate")
+               if k in typing.get_args(TrainConfig.model_fields["expectation"].annotation)]
+
+
+@pytest.mark.parametrize("expectation", EXACT_KINDS)
+def test_symmetric_reference_equals_exact_expectation(expectation):
+    """Both compute the same finite expectation (165 count vectors vs a trinomial sum; or the engine's closed
+    form) and GD runs for 200 steps at a stable lr: round-off only, so 1e-10 relative."""
+    c = cfg(data__num_features=4, data__prompt_length=8, data__dominant_prob=0.55, train__expectation=expectation,
             train__steps=200, train__log_every=20, train__lr=2.0)
     traj = trainer.run_training(c, progress=False).trajectory
     ref, scores = SymmetricExact(4, 8, 0.55).run(2.0, 200, traj.steps)
@@ -43,8 +52,8 @@ def test_symmetric_reference_equals_exact_enumeration():
 def test_population_step_matches_autodiff_path(scale, include_query):
     """update/observe (matrix path, or the exact fallback when a row's spread exceeds SPREAD_MAX) against
     autodiff of the generic per-entry softmax: sums of 512 O(1) terms, so 1e-13 absolute (round-off)."""
-    e = build_engine(cfg(data__num_features=5, data__prompt_length=12, train__count_samples=512,
-                         model__include_query_in_softmax=include_query))
+    e = build_engine(cfg(data__num_features=5, data__prompt_length=12, train__expectation="monte_carlo",
+                         train__count_samples=512, model__include_query_in_softmax=include_query))
     S = jnp.asarray(np.random.default_rng(1).normal(scale=scale, size=(5, 5)))
     c = e.consts
     want = jax.grad(P.population_loss)(S, c.probs, c.table, include_query)
@@ -60,7 +69,8 @@ def test_population_step_matches_autodiff_path(scale, include_query):
 def test_population_step_under_vmap_with_mixed_paths():
     """A vmapped batch where one member needs the fallback: every member still equals its own generic step
     (custom_vmap keeps lax.cond a branch over the whole batch)."""
-    e = build_engine(cfg(data__num_features=4, data__prompt_length=10, train__count_samples=256))
+    e = build_engine(cfg(data__num_features=4, data__prompt_length=10, train__expectation="monte_carlo",
+                         train__count_samples=256))
     c = e.consts
     rng = np.random.default_rng(2)
     Ss = jnp.asarray(np.stack([rng.normal(size=(4, 4)), rng.normal(scale=1e3, size=(4, 4))]))
@@ -70,7 +80,7 @@ def test_population_step_under_vmap_with_mixed_paths():
 
 
 def test_no_recompilation_when_only_values_change():
-    """The chunk function is compiled once per shape: new lr, probabilities and seed reuse it."""
+    """The chunk function is compiled once per shape: new lr, probabilities and seed reuse it (0 compilations)."""
     small = dict(data__num_features=3, data__prompt_length=16, train__expectation="mean_field", train__steps=20)
     schedule = trainer.log_schedule(20)
     trainer.train(build_engine(cfg(**small)), schedule, progress=False)
@@ -84,7 +94,7 @@ def test_torch_peer_computes_our_loss_and_gradient():
     """The peers' restricted and literal forward passes give our tokens loss and gradient on one batch
     (float64, sums of ~B N terms: 1e-12)."""
     torch = pytest.importorskip("torch")
-    import torch_peer
+    from benchmarks import torch_peer
 
     e = build_engine(cfg(train__engine="tokens", data__num_features=4, data__prompt_length=9,
                          train__batch_size=6))
@@ -102,3 +112,26 @@ def test_torch_peer_computes_our_loss_and_gradient():
         lt.backward()
         assert abs(lt.item() - float(loss)) < 1e-12
         np.testing.assert_allclose(peer.Q.grad.numpy(), np.asarray(grad), atol=1e-12)
+
+
+def test_sweep_section_compares_train_batched_with_train():
+    """The sweep section's two sides run the same configs on the package's paths: equal losses to
+    round-off (1e-12 absolute on O(1) losses), and nothing compiles while timed (tolerance 0)."""
+    r = sweep_bench.run_case("mean_field", 4, 30)
+    assert r["configs"] == 4 and r["all_completed"]
+    assert r["max_abs_loss_diff"] < 1e-12
+    assert r["compilations_while_timed"] == 0
+
+
+def test_docs_tables_equal_the_generated_ones():
+    """Every marked table of docs/performance.md equals what benchmarks/report.py makes of the committed
+    benchmarks/results.json (tolerance: 0 differing tables; fix with ``python -m benchmarks.report``)."""
+    res = json.loads(report.RESULTS.read_text())
+    text = report.DOCS.read_text()
+    new, unmarked, unknown = report.rewrite(text, res)
+    have = {m["name"]: m["body"] for m in report.BLOCK.finditer(text)}
+    want = {m["name"]: m["body"] for m in report.BLOCK.finditer(new)}
+    stale = sorted(n for n in want if have.get(n) != want[n])
+    assert stale == [], f"stale tables in docs/performance.md: {stale}"
+    assert unmarked == [] and unknown == []
+    assert len(have) == len(report.blocks(res)) >= 8

@@ -117,3 +117,33 @@ def test_bad_run_dirs_and_arguments(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("usage: icl-dynamics") and "train" in " ".join(err)
     assert [line for line in err if "error" in line] == [err[-1]] and "give a command" in err[-1]
+
+
+def test_the_cli_explains_itself(tmp_path, capsys):
+    """Issue 13: train --help lists every config key with its meaning; config show prints the resolved
+    config (overrides applied, d tied to K) with comments."""
+    from icl_dynamics.commands.config import described_keys
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for key, meaning in described_keys():
+        assert key in out and meaning, key
+    assert main(["config", "show", "--set", "data.num_features=8"]) == 0
+    shown = capsys.readouterr().out
+    assert "num_features: 8  # K, the number of orthonormal features" in shown and "dim: 8" in shown
+
+
+def test_explore_writes_one_offline_page_for_a_run_and_a_sweep(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run), "--quiet"]) == 0
+    assert main(["explore", str(run), "--out", str(tmp_path / "page.html")]) == 0
+    page = (tmp_path / "page.html").read_text()
+    assert "loss-plot" in page and "heatmap-plot" in page and "<script src=" not in page
+    spec = tmp_path / "s.yaml"
+    spec.write_text("base: {data.prompt_length: 16, train.steps: 20, train.expectation: mean_field}\n"
+                    "grid: {data.num_features: [2, 3], train.lr: [0.5, 1.0]}\n")
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "sw"), "--workers", "1", "--quiet"]) == 0
+    assert main(["explore", str(tmp_path / "sw"), "--y", "train.lr", "--value", "final_loss"]) == 0
+    assert "sweep-plot" in (tmp_path / "sw" / "explore.html").read_text()
+    assert main(["explore", str(run), "--x", "train.lr"]) == 2  # --x is for sweeps: one line

@@ -20,9 +20,10 @@ _EXPORTS = {
     "ATTENTION": "registry", "DISTRIBUTIONS": "registry", "ENGINES": "registry", "OPTIMIZERS": "registry",
     "execute": "runner", "resume": "runner",
     "load_run": "storage",
-    "load_sweep": "sweeps", "run_sweep": "sweeps",
+    "load_sweep": "api", "run_sweep": "sweeps",
     "run_training": "trainer", "train_engine": "trainer", "train_batched": "trainer",
     "Metrics": "trajectory", "Trajectory": "trajectory",
+    "train": "api", "load": "api", "sweep": "api", "Run": "api", "Sweep": "api", "api": None,
 }
 _RENAMED = {"train_engine": "train"}
 
@@ -32,7 +33,10 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'icl_dynamics' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), _RENAMED.get(name, name))
+    if _EXPORTS[name] is None:  # a submodule
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), _RENAMED.get(name, name))
     globals()[name] = value
     return value
 

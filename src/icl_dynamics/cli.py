@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .commands import analysis, run, sweep
+from .commands import analysis, config, explore, run, sweep
 from .errors import DivergenceError, StorageError, Terminated, UserError
 
 
@@ -33,6 +33,10 @@ COMMANDS: dict[str, Command] = {
                          analysis.configure_reproduce, analysis.reproduce),
     "sweep": Command("run a grid of configs (vectorised; local workers or a Dask cluster) into a sweep table",
                      sweep.configure_sweep, sweep.sweep),
+    "explore": Command("write one self-contained interactive HTML page of a run or a sweep (works offline)",
+                       explore.configure, explore.run),
+    "config": Command("print the resolved config with each key's meaning ('config show')", config.configure,
+                      config.run),
     "plot-sweep": Command("draw a phase diagram (--x, --y) or a scaling plot with fitted exponent (--x) of a sweep",
                           sweep.configure_plot_sweep, sweep.plot_sweep),
 }
@@ -51,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"icl-dynamics {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     for name, cmd in COMMANDS.items():
-        cmd.configure(sub.add_parser(name, help=cmd.help, description=cmd.help))
+        cmd.configure(sub.add_parser(name, help=cmd.help, description=cmd.help,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
@@ -85,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print("icl-dynamics: interrupted", file=sys.stderr)
         return getattr(e, "exit_code", 130)
+    except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except RecursionError:  # deeply nested input that slipped past every limit: still one line
         print("icl-dynamics: error: input nested too deeply", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import yamlio
@@ -43,6 +44,55 @@ class DataConfig(_Strict):
     probs: ProbsSpec = Field("imbalanced", description="balanced | imbalanced | zipf | an explicit list")
     dominant_prob: float = Field(0.5, gt=0.0, lt=1.0, description="p_1 for 'imbalanced'")
     zipf_exponent: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="s in p_k ~ k^-s for 'zipf'")
+    # relaxations of the paper's data (spec section 8); each default is the paper's setting
+    features: Literal["orthonormal", "random_unit", "gram"] = Field(
+        "orthonormal", description="the feature vectors V (d x K): orthonormal (the paper) | random_unit (i.i.d. "
+        "uniform on the unit sphere of R^d, from the seed) | gram (V^T V = data.feature_gram)")
+    feature_gram: list[list[float]] | None = Field(
+        None, description="with features=gram: the K x K Gram matrix V^T V, symmetric positive definite; realised "
+        "by V = U L^T (L its Cholesky factor, U the d x K orthonormal frame of 'orthonormal')")
+    task_cov: Literal["identity"] | list[float] = Field(
+        "identity", description="w ~ N(0, Sigma_w): identity, or K eigenvalues lambda > 0 along the features: "
+        "Sigma_w = V_o diag(lambda) V_o^T + (I - V_o V_o^T), V_o = V (V^T V)^{-1/2}")
+    label_noise: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False, description="sigma: prompt labels "
+                               "y_i = <w, x_i> + N(0, sigma^2); the target <w, x_q> stays noiseless")
+    token_noise: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False, description="sigma: N(0, sigma^2 I_d) "
+                               "added to every token, the query's too (labels and target follow the noisy "
+                               "tokens); train.engine=transformer only")
+    tokens: Literal["features", "gaussian"] = Field(
+        "features", description="features (tokens drawn from V by probs) | gaussian (tokens i.i.d. N(0, "
+        "diag(token_cov)), no per-feature quantities); gaussian: train.engine=transformer only")
+    token_cov: Literal["identity"] | list[float] = Field(
+        "identity", description="with tokens=gaussian: the d eigenvalues (> 0) of the token covariance Lambda, "
+        "along the standard basis")
+
+    @field_validator("feature_gram")
+    @classmethod
+    def _gram(cls, v: list[list[float]] | None) -> list[list[float]] | None:
+        if v is None:
+            return v
+        K = len(v)
+        if K == 0 or any(len(row) != K for row in v):
+            raise ValueError("must be a square K x K matrix (a list of K rows of K numbers)")
+        G = np.asarray(v, dtype=np.float64)
+        if not np.all(np.isfinite(G)):
+            raise ValueError("entries must be finite")
+        if np.max(np.abs(G - G.T)) > 1e-12 * max(1.0, np.max(np.abs(G))):
+            raise ValueError("must be symmetric")
+        eig = np.linalg.eigvalsh(G)
+        if eig[0] <= 1e-10 * max(eig[-1], 0.0) or eig[-1] <= 0:
+            raise ValueError(f"must be positive definite (full rank); its smallest eigenvalue is {eig[0]:.3g}")
+        return v
+
+    @field_validator("task_cov", "token_cov")
+    @classmethod
+    def _eigenvalues(cls, v: str | list[float]) -> str | list[float]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("must be 'identity' or a non-empty list of eigenvalues")
+            if any(not math.isfinite(x) or x <= 0 or x > 1e12 for x in v):
+                raise ValueError("eigenvalues must be finite and > 0 (and <= 1e12)")
+        return v
 
     @field_validator("prompt_length")
     @classmethod
@@ -98,12 +148,34 @@ class DataConfig(_Strict):
             raise ValueError(f"probs: {len(self.probs)} entries but num_features is {self.num_features}")
         if self.probs == "imbalanced" and self.num_features < 2:
             raise ValueError("probs: 'imbalanced' needs num_features >= 2")
+        K = self.num_features
+        if (self.features == "gram") != (self.feature_gram is not None):
+            raise ValueError("feature_gram: give it exactly when features=gram" if self.feature_gram is not None
+                             else "features: 'gram' needs data.feature_gram (a K x K matrix)")
+        if self.feature_gram is not None and len(self.feature_gram) != K:
+            raise ValueError(f"feature_gram: {len(self.feature_gram)} x {len(self.feature_gram)} but num_features "
+                             f"is {K}")
+        if isinstance(self.task_cov, list) and len(self.task_cov) != K:
+            raise ValueError(f"task_cov: {len(self.task_cov)} eigenvalues but num_features is {K}")
+        if isinstance(self.token_cov, list):
+            if self.tokens != "gaussian":
+                raise ValueError("token_cov: only with data.tokens=gaussian")
+            if len(self.token_cov) != self.dim:
+                raise ValueError(f"token_cov: {len(self.token_cov)} eigenvalues but dim is {self.dim}")
         return self
 
 
 class ModelConfig(_Strict):
     include_query_in_softmax: bool = Field(False, description="let the query's own column join the softmax")
-    attention: str = Field("softmax", description="a registered attention variant (registry.ATTENTION)")
+    attention: str = Field("softmax", description="a registered attention variant (registry.ATTENTION): softmax "
+                           "| linear | relu (the last two normalised by the number of keys)")
+    params: Literal["q_only", "full"] = Field(
+        "q_only", description="q_only: train Q (W^KQ = [[Q, 0], [0, 0]], W^PV fixed [[0, 0], [0, 1]], the paper) | "
+        "full: every entry of W^KQ and W^PV; full: train.engine=transformer only")
+    init_scale: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False, description="0: zero init (the paper); "
+                              "> 0: i.i.d. N(0, init_scale^2 / d) entries from the seed (train.engine=transformer)")
+    heads: int = Field(1, ge=1, le=16, description="attention heads, summed through their own W^PV; with q_only "
+                       "each head's W^PV is the paper's divided by heads; > 1: train.engine=transformer only")
 
     @field_validator("attention")
     @classmethod
@@ -122,11 +194,12 @@ class TrainConfig(_Strict):
     count_samples: int = Field(4096, ge=1, le=10**8, description="Monte Carlo count vectors, fixed for the run")
     batch_size: int = Field(256, ge=1, le=10**7, description="prompts per step (tokens engine)")
     eval_prompts: int = Field(512, ge=1, le=10**7, description="fixed prompts for tokens-engine metrics, per query feature")
-    lr: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+    lr: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="the step size (learning rate)")
     optimizer: str = Field("gd", description="a registered optimizer (optim.py): gd | sgd_momentum | adam | adamw")
     optimizer_args: dict[str, float | bool] = Field(default_factory=dict, description="the optimizer's "
                                                     "hyperparameters, e.g. {momentum: 0.9} or {b1: 0.9, b2: 0.999}")
-    steps: int = Field(3000, ge=1, le=10**12)  # the minor features reach eps (~2060 at N=256) in the default run
+    # 3000: the minor features reach eps (step 2071 at N=256) within the default run
+    steps: int = Field(3000, ge=1, le=10**12, description="GD steps (with stop_at_eps, the most steps)")
     log_every: int | None = Field(None, ge=1, le=10**12, description="None: log-spaced plus linear schedule")
     max_exact_table: int = Field(2_000_000, ge=1, le=10**9, description="largest count table 'enumerate' will build")
     checkpoint_every: int | None = Field(None, ge=1, le=10**12, description="steps between checkpoints (written at the "
@@ -198,8 +271,8 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    eps: float = Field(1e-2, gt=0.0, lt=1.0)
-    seed: int = Field(0, ge=0, lt=2**63)
+    eps: float = Field(1e-2, gt=0.0, lt=1.0, description="the target per-feature loss (phases, time to eps)")
+    seed: int = Field(0, ge=0, lt=2**63, description="determines every random draw of the run")
 
     @model_validator(mode="after")
     def _flow_needs_population(self) -> RunConfig:
@@ -207,6 +280,30 @@ class RunConfig(_Strict):
         if t.method == "flow" and (t.engine != "population" or t.optimizer != "gd"):
             raise ValueError("train.method: the gradient flow needs train.engine=population and train.optimizer=gd "
                              "(a deterministic gradient)")
+        return self
+
+    @model_validator(mode="after")
+    def _relaxations_fit_engine(self) -> RunConfig:
+        # what each engine can compute (spec section 8): the reduced engines need every token to be a feature
+        # and Q the only trained parameter; the tokens engine also samples w ~ N(0, I) on orthonormal features
+        d, m, t = self.data, self.model, self.train
+        literal_only = [("data.token_noise", d.token_noise > 0), ("data.tokens", d.tokens != "features"),
+                        ("model.params", m.params != "q_only"), ("model.init_scale", m.init_scale > 0),
+                        ("model.heads", m.heads > 1)]
+        if t.engine in ("population", "tokens"):
+            for key, on in literal_only:
+                if on:
+                    raise ValueError(f"{key}: train.engine={t.engine} cannot compute it (only a literal model on "
+                                     f"sampled prompts can); use train.engine=transformer")
+        if t.engine == "tokens":
+            for key, on in [("data.features", d.features != "orthonormal"), ("data.task_cov", d.task_cov != "identity"),
+                            ("data.label_noise", d.label_noise > 0)]:
+                if on:
+                    raise ValueError(f"{key}: train.engine=tokens has the paper's data only; use train.engine="
+                                     f"transformer (sampled prompts) or train.engine=population (exact)")
+        if t.engine == "population" and t.expectation == "exact" and m.attention != "softmax":
+            raise ValueError(f"model.attention: train.expectation=exact is softmax-only; for {m.attention!r} "
+                             f"use train.expectation=enumerate, monte_carlo or mean_field")
         return self
 
     @model_validator(mode="after")

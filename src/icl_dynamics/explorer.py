@@ -6,14 +6,13 @@ Features are 0-based in the data and 1-based on the page. Arrays go into the pag
 (plotly's typed-array encoding), so the page holds the data exactly; only hover text is rounded (6
 significant digits). :mod:`explorer_sweep` builds the sweep page on the same helpers.
 
-This module imports nothing else from the package: the caller fills a :class:`RunData`.
+The caller fills a :class:`RunData` (api.py and the ``explore`` command do it from a run directory).
 """
 
 from __future__ import annotations
 
 import html
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from plotly.colors import qualitative, sample_colorscale
 from plotly.io.json import to_json_plotly
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
+
+from .config import flatten
 
 PHASE_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52")
 DOMINANT_COLOR = "#d62728"
@@ -253,21 +254,11 @@ def page_html(title: str, body: str, script: str = "") -> str:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write via a temporary file in the same folder, so a reader never sees half a page."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """The page, written atomically to a regular file (fsio)."""
+    from .fsio import atomic_write_bytes
 
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {dotted key: leaf value}."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
+    atomic_write_bytes(path, text.encode("utf-8"), user_path=True)
+    return Path(path)
 
 
 def config_table(config: dict[str, Any], summary: str = "config") -> str:

@@ -50,6 +50,13 @@ def config_columns(df: pd.DataFrame, exclude: list[str]) -> list[str]:
     return [c for c in df.columns if ("." in str(c) or c in ("seed", "eps")) and c not in exclude]
 
 
+def varying_within(df: pd.DataFrame, axes: list[str], value: str) -> list[str]:
+    """Config columns that take several values inside one point of ``axes`` (what a point averages over, e.g.
+    the seeds); a column that only follows the axes (d tied to K) is not among them."""
+    groups = df.groupby([df[a].astype(str) for a in axes])
+    return [c for c in config_columns(df, axes + [value]) if (groups[c].nunique(dropna=False) > 1).any()]
+
+
 def _summary(values: pd.Series) -> str:
     """One column over a cell's runs: the value, a list of a few, or a range."""
     u = sorted(set(values.tolist()), key=_key)
@@ -112,8 +119,7 @@ def sweep_figure(df: pd.DataFrame, x: str, y: str | None, value: str) -> tuple[g
     if not df[value].map(lambda v: v is None or _is_num(v)).all():
         raise ValueError(f"column '{value}' is not numeric")
     axes = [x] if y is None else [x, y]
-    allcfg = config_columns(df, axes + [value])
-    varying = [c for c in allcfg if df[c].astype(str).nunique() > 1]
+    varying = varying_within(df, axes, value)
     cells = sweep_cells(df, x, y, value)
     entries = [_run_entries(df, c["rows"], varying, ", ".join(f"{a} = {_fmt(c[a])}" for a in axes))
                for _, c in cells.iterrows()]
@@ -235,8 +241,8 @@ def write_sweep_explorer(df: pd.DataFrame, path: str | Path, x: str, y: str | No
     kept = {h: _run_payload(r) for h, r in runs.items() if str(h) in hashes}
     axes = [x] if y is None else [x, y]
     allcfg = config_columns(df, axes + [value])
-    varying = [c for c in allcfg if df[c].astype(str).nunique() > 1]
-    const = {c: df[c].iloc[0] for c in allcfg if c not in varying}
+    varying = varying_within(df, axes, value)
+    const = {c: df[c].iloc[0] for c in allcfg if df[c].astype(str).nunique() == 1}
     title = f"Sweep: {value} over {' × '.join(axes)}"
     per = df.groupby([df[a].astype(str) for a in axes]).size()
     span = f"{per.min()}" if per.min() == per.max() else f"{per.min()}–{per.max()}"

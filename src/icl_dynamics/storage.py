@@ -46,7 +46,7 @@ from .trainer import TrainResult
 from .trajectory import Trajectory, expected_shapes, from_arrays, to_arrays
 
 ARTIFACTS = ("config.yaml", "manifest.json", "trajectory.npz", "metrics.parquet", "summary.json", "phases.json",
-             "checkpoint.npz", "params.npz")
+             "checkpoint.npz", "params.npz", "explore.html")
 TRAJECTORY_KEYS = ("steps", "loss", "feature_loss", "scores", "attention", "probs")
 MAX_JSON_BYTES = 10_000_000  # summary.json and phases.json are a few kB
 

@@ -15,6 +15,11 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def configure_train(p):
+    from .config import described_keys
+
+    width = max(len(k) for k, _ in described_keys())
+    p.epilog = "config keys (set with --set KEY=VALUE; 'icl-dynamics config show' prints the values):\n" + \
+        "\n".join(f"  {k:<{width}}  {d}" for k, d in described_keys())
     add_config_args(p)
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace the run in an existing --out")
