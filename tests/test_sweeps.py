@@ -3,6 +3,7 @@ per-run divergence, and the sweep figures."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import yaml
 from helpers import gd
 from icl_dynamics.cli import main
 from icl_dynamics.data import feature_probs
+from icl_dynamics.errors import SweepError
 from icl_dynamics.storage import load_run
 from icl_dynamics.sweeps import expand, load_spec, load_sweep, run_sweep
 from icl_dynamics.sweeps.plan import plan_batches
@@ -226,3 +228,37 @@ def test_plot_sweep_cli(local_sweep, tmp_path, capsys):
     assert "exponent" in printed and (out / "figures" / "final_loss_vs_data.dominant_prob.png").is_file()
     assert main(["plot-sweep", str(out), "--x", "data.dominant_prob", "--value", "no_such"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_derived_values_follow_each_grid_point(tmp_path):
+    """train.steps: "{8 * K**2 / lr}" gives ceil(8 K^2 / lr) per point; unsafe or unknown text is refused in
+    one line (no Python eval)."""
+    spec = {"base": {"train.expectation": "mean_field", "train.steps": "{8 * K**2 / lr}"},
+            "grid": {"data.num_features": [3, 5], "train.lr": [0.7, 2.0]}}
+    got = {(r.config.data.num_features, r.config.train.lr): r.config.train.steps for r in expand(load_spec(spec))}
+    assert got == {(K, lr): math.ceil(8 * K * K / lr) for K in (3, 5) for lr in (0.7, 2.0)}
+    for bad in ("{__import__('os')}", "{K.real}", "{open}", "{10 ** 10 ** 10}", "{nope * 2}", "{1/0}"):
+        with pytest.raises(SweepError) as e:
+            expand(load_spec({"base": {"train.steps": bad}, "grid": {"data.num_features": [3]}}))
+        assert "derived value" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_axis_that_cannot_change_the_result_is_warned_about(tmp_path, capsys):
+    spec = {"base": {"train.engine": "tokens", "data.num_features": 2, "data.prompt_length": 4, "train.steps": 2,
+                     "train.batch_size": 2, "train.eval_prompts": 2},
+            "grid": {"train.count_samples": [10, 20]}}
+    run_sweep(spec, tmp_path / "s", workers=1, progress=False)
+    assert "grid axis 'train.count_samples' cannot change the result" in capsys.readouterr().err
+
+
+def test_plot_sweep_by_splits_series_and_no_fit(tmp_path, capsys):
+    spec = {"base": {"data.prompt_length": 32, "train.expectation": "mean_field", "train.steps": 3000,
+                     "train.stop_at_eps": True}, "grid": {"data.num_features": [3, 4, 6], "data.dominant_prob": [0.5, 0.7]}}
+    run_sweep(spec, tmp_path / "s", workers=1, progress=False)
+    assert main(["plot-sweep", str(tmp_path / "s"), "--x", "data.num_features", "--value", "time_to_eps_dominant",
+                 "--by", "data.dominant_prob"]) == 0
+    out = capsys.readouterr().out
+    assert "data.dominant_prob = 0.5: exponent" in out and "data.dominant_prob = 0.7: exponent" in out
+    assert main(["plot-sweep", str(tmp_path / "s"), "--x", "data.num_features", "--value", "time_to_eps_dominant",
+                 "--no-fit", "--out", str(tmp_path / "f.png")]) == 0
+    assert "exponent" not in capsys.readouterr().out and (tmp_path / "f.png").stat().st_size > 1000

@@ -51,10 +51,10 @@ def config_columns(df: pd.DataFrame, exclude: list[str]) -> list[str]:
 
 
 def varying_within(df: pd.DataFrame, axes: list[str], value: str) -> list[str]:
-    """Config columns that take several values inside one point of ``axes`` (what a point averages over, e.g.
-    the seeds); a column that only follows the axes (d tied to K) is not among them."""
-    groups = df.groupby([df[a].astype(str) for a in axes])
-    return [c for c in config_columns(df, axes + [value]) if (groups[c].nunique(dropna=False) > 1).any()]
+    """Config columns that take several values inside one point of ``axes`` (sweeps.figures.averaged_over)."""
+    from .sweeps.figures import averaged_over
+
+    return averaged_over(df, axes, value)
 
 
 def _summary(values: pd.Series) -> str:

@@ -20,6 +20,7 @@ from .errors import Interrupted, RunDirError, StorageError
 from .fsio import DirLock, clip
 from .storage import (atomic_write_json, check_run_dir, is_finished, load_config_file, prepare_run_dir,
                       remove_stale_temps, run_status, write_config, write_run_dir)
+from .schedule import stop_rule
 from .trainer import TrainResult, TrainState, fault_step_from_env, log_schedule, train
 
 
@@ -79,7 +80,7 @@ def _train_into(cfg: RunConfig, out: Path, *, progress: bool, start: TrainState 
         every, min_seconds = checkpoint.interval(cfg)
         result = train(engine, log_schedule(cfg.train.steps, cfg.train.log_every), progress=progress,
                        fault_step=fault_step_from_env(), start=start, checkpoint_every=every,
-                       on_checkpoint=save, min_checkpoint_seconds=min_seconds)
+                       on_checkpoint=save, min_checkpoint_seconds=min_seconds, stop=stop_rule(cfg))
         report = engine_spec(engine.name).report(engine, result.params)
         write_run_dir(out, cfg, result, started, report, **({"resumed_from": start.step} if start else {}))
     except Interrupted as e:

@@ -34,23 +34,10 @@ from .config import RunConfig
 from .engines import Engine, build_engine
 from .errors import ConfigError, Interrupted
 from .progress import progress_bar
+from .schedule import CHUNK_ROWS, StopAtEps, log_schedule, padded_chunk, stop_rule
 from .trajectory import Metrics, Trajectory, stack_rows
 
-CHUNK_ROWS = 16
 FAULT_ENV = "ICL_DYNAMICS_FAULT"
-
-
-def log_schedule(steps: int, log_every: int | None = None, points: int = 256) -> np.ndarray:
-    """Sorted unique logged steps, always including 0 and ``steps``.
-
-    Default: ``points`` log-spaced steps (resolving fast early transitions) united with ``points`` linear
-    ones (resolving late ones), so the file stays small for any run length.
-    """
-    if log_every is not None:
-        s = np.arange(0, steps + 1, log_every)
-    else:
-        s = np.concatenate([np.geomspace(1, steps, points), np.linspace(0, steps, points)])
-    return np.unique(np.concatenate([[0, steps], np.rint(s)]).astype(np.int64))
 
 
 def fault_step_from_env() -> int | None:
@@ -138,13 +125,6 @@ def compilations() -> Iterator[list[str]]:
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def _padded_chunk(schedule: np.ndarray, i: int) -> jnp.ndarray:
-    """Rows i .. i + CHUNK_ROWS of the schedule, padded by repeating its last step (a fixed shape: one
-    compiled chunk serves every run length)."""
-    chunk = schedule[i: i + CHUNK_ROWS]
-    return jnp.asarray(np.pad(chunk, (0, CHUNK_ROWS - len(chunk)), mode="edge"))
-
-
 @contextmanager
 def _deferred_signals(enabled: bool) -> Iterator[list[int]]:
     """While active, SIGINT/SIGTERM only append their number to the yielded list (the loop acts on it at
@@ -173,7 +153,7 @@ def _deferred_signals(enabled: bool) -> Iterator[list[int]]:
 def train(engine: Engine, schedule: np.ndarray, *, progress: bool = True, fault_step: int | None = None,
           description: str = "train", start: TrainState | None = None, checkpoint_every: int | None = None,
           on_checkpoint: Callable[[TrainState, str], None] | None = None,
-          min_checkpoint_seconds: float = 0.0) -> TrainResult:
+          min_checkpoint_seconds: float = 0.0, stop: StopAtEps | None = None) -> TrainResult:
     """Run ``engine`` through every step in ``schedule`` (which starts at 0).
 
     ``start`` continues from a saved :class:`TrainState`. With ``on_checkpoint``, the state is handed to
@@ -184,11 +164,11 @@ def train(engine: Engine, schedule: np.ndarray, *, progress: bool = True, fault_
     """
     with jax.enable_x64(True):
         return _train(engine, schedule, progress, fault_step, description, start, checkpoint_every,
-                      on_checkpoint, min_checkpoint_seconds)
+                      on_checkpoint, min_checkpoint_seconds, stop)
 
 
 def _train(engine, schedule, progress, fault_step, description, start, checkpoint_every, on_checkpoint,
-           min_checkpoint_seconds) -> TrainResult:
+           min_checkpoint_seconds, stop) -> TrainResult:
     total = int(schedule[-1])
     state, step, ok, first, rows = initial_state(engine), 0, True, 0, []
     if start is not None:
@@ -197,6 +177,7 @@ def _train(engine, schedule, progress, fault_step, description, start, checkpoin
         step, first = int(start.step), int(start.index)
         rows.append((start.rows.steps, Metrics(*(start.rows[1:]))))
     last_saved, last_time = step, time.monotonic()
+    crossed = None if stop is None or start is None else stop.crossing(start.rows.steps, start.rows.feature_loss)
 
     def saved(i: int) -> TrainState:
         params, opt_state = jax.device_get(state)
@@ -207,13 +188,18 @@ def _train(engine, schedule, progress, fault_step, description, start, checkpoin
         for i in range(first, len(schedule), CHUNK_ROWS):
             (state, step_arr, ok_arr), (row_steps, metrics) = advance(
                 engine.grad, engine.observe, engine.optimizer, engine.static, engine.consts, engine.lr, state, step,
-                _padded_chunk(schedule, i), fault_step=fault_step)
+                padded_chunk(schedule, i), fault_step=fault_step)
             step, ok = int(step_arr), bool(ok_arr)
             rows.append((np.asarray(row_steps), jax.device_get(metrics)))
             bar.update(task, completed=step)
             done = i + CHUNK_ROWS
             if not ok or done >= len(schedule):
                 break
+            if stop is not None:  # StopAtEps.rows, one chunk at a time
+                steps_c, fl_c = rows[-1][0], np.asarray(rows[-1][1].feature_loss)
+                crossed = crossed if crossed is not None else stop.crossing(steps_c, fl_c)
+                if crossed is not None and np.any(steps_c >= stop.factor * crossed):
+                    break
             if signals:
                 if on_checkpoint is not None:
                     on_checkpoint(saved(done), signal.Signals(signals[0]).name)
@@ -253,10 +239,12 @@ def structure(engine: Engine, schedule: np.ndarray) -> tuple:
             tuple((np.shape(x), str(np.asarray(x).dtype)) for x in leaves), schedule.tobytes())
 
 
-def train_batched(engines: list[Engine], schedule: np.ndarray, fault_step: int | None = None) -> list[TrainResult]:
+def train_batched(engines: list[Engine], schedule: np.ndarray, fault_step: int | None = None,
+                  stop: StopAtEps | None = None) -> list[TrainResult]:
     """Train engines of one :func:`structure` as one vmapped computation: the one vmapped path, used by
     sweeps, reproduce and the benchmarks. Chunks of CHUNK_ROWS rows, as :func:`train`. Results in input
-    order; ``params`` are the final parameters."""
+    order; ``params`` are the final parameters (None for a member that ``stop`` ended before the batch:
+    its trajectory is cut where :func:`train` would have stopped it, its parameters went on)."""
     e0 = engines[0]
     with jax.enable_x64(True):
         stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)  # noqa: E731
@@ -266,20 +254,30 @@ def train_batched(engines: list[Engine], schedule: np.ndarray, fault_step: int |
         steps, metrics = [], []
         for i in range(0, len(schedule), CHUNK_ROWS):
             (state, step, ok), (row_steps, rows) = batched_advance(
-                e0.grad, e0.observe, e0.optimizer, e0.static, consts, lr, state, step, _padded_chunk(schedule, i),
+                e0.grad, e0.observe, e0.optimizer, e0.static, consts, lr, state, step, padded_chunk(schedule, i),
                 fault_step=fault_step)
             steps.append(np.asarray(row_steps))
             metrics.append(jax.device_get(rows))
-            if not np.any(np.asarray(ok)):
+            if not np.any(np.asarray(ok)) or (stop is not None and all(
+                    k is not None for k in _stops(stop, steps, metrics, len(engines)))):
                 break
         params, step, ok = jax.device_get((state[0], step, ok))
+    keep = _stops(stop, steps, metrics, len(engines)) if stop is not None else [None] * len(engines)
     out = []
     for i in range(len(engines)):
-        traj = stack_rows([s[i] for s in steps], [Metrics(*(np.asarray(x[i]) for x in m)) for m in metrics])
-        fine = bool(ok[i])
-        out.append(TrainResult(traj, jax.tree.map(lambda x: x[i], params), "completed" if fine else "diverged",
-                               None if fine else int(step[i]) + 1))
+        cut = slice(None) if keep[i] is None else slice(0, keep[i] // CHUNK_ROWS)
+        traj = stack_rows([s[i] for s in steps[cut]], [Metrics(*(np.asarray(x[i]) for x in m)) for m in metrics[cut]])
+        fine = bool(ok[i]) or keep[i] is not None and keep[i] < CHUNK_ROWS * len(steps)
+        p = None if keep[i] is not None and keep[i] < CHUNK_ROWS * len(steps) else jax.tree.map(lambda x: x[i], params)
+        out.append(TrainResult(traj, p, "completed" if fine else "diverged", None if fine else int(step[i]) + 1))
     return out
+
+
+def _stops(stop: StopAtEps, steps: list, metrics: list, n: int) -> list[int | None]:
+    """Per member: the rows :func:`train` would keep under ``stop`` (None: it would go on)."""
+    all_steps = np.concatenate(steps, axis=1)
+    fl = np.concatenate([np.asarray(m.feature_loss) for m in metrics], axis=1)
+    return [stop.rows(all_steps[i], fl[i]) for i in range(n)]
 
 
 def run_training(cfg: RunConfig, *, progress: bool = True, start: TrainState | None = None,
@@ -291,4 +289,4 @@ def run_training(cfg: RunConfig, *, progress: bool = True, start: TrainState | N
     schedule = log_schedule(cfg.train.steps, cfg.train.log_every)
     return train(engine, schedule, progress=progress, fault_step=fault_step_from_env(), start=start,
                  checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint,
-                 min_checkpoint_seconds=min_checkpoint_seconds)
+                 min_checkpoint_seconds=min_checkpoint_seconds, stop=stop_rule(cfg))

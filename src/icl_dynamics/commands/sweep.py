@@ -47,14 +47,17 @@ def configure_plot_sweep(p):
     p.add_argument("--y", help="column for the y axis: draws a heatmap (without it, a log-log scaling plot)")
     p.add_argument("--value", required=True, help="derived column to show, e.g. time_to_eps_minor")
     p.add_argument("--out", help="PNG path (default SWEEP_DIR/figures/VALUE_vs_X[_Y].png)")
+    p.add_argument("--by", help="scaling plot: one series and one fit per value of this column (e.g. "
+                   "data.dominant_prob) instead of pooling them")
+    p.add_argument("--no-fit", action="store_true", help="scaling plot: draw the points without a power-law fit")
 
 
 def plot_sweep(args) -> int:
     from ..sweeps.figures import plot_sweep as draw
 
-    path, fit = draw(args.sweep_dir, args.x, args.value, args.y, args.out)
-    if fit is not None:
-        print(f"exponent {fit.exponent:.4g} ({fit.level:.0%} CI {fit.lo:.4g} to {fit.hi:.4g}), "
-              f"prefactor {fit.prefactor:.4g}, {fit.n} runs")
+    path, fits = draw(args.sweep_dir, args.x, args.value, args.y, args.out, by=args.by, fit=not args.no_fit)
+    for label, fit in fits.items():
+        print(("" if label == "all" else f"{args.by} = {label}: ") + f"exponent {fit.exponent:.4g} "
+              f"({fit.level:.0%} CI {fit.lo:.4g} to {fit.hi:.4g}), prefactor {fit.prefactor:.4g}, {fit.n} runs")
     print(path)
     return 0

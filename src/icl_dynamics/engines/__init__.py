@@ -66,6 +66,8 @@ class EngineSpec(NamedTuple):
     - ``rng_key(consts) -> key or None``: where its random state lives (checkpoints save and verify it)
     - ``report(engine, final params) -> dict``: what summary.json records about the engine (accuracy
       estimates and the like)
+    - ``ignored(cfg) -> set of config keys`` that cannot change its result (a sweep axis over one of them
+      gives identical runs, and the sweep says so)
     """
 
     build: Callable[["RunConfig"], Engine]
@@ -73,6 +75,7 @@ class EngineSpec(NamedTuple):
     sizes: Callable[["RunConfig"], list[tuple[str, str, int]]]
     rng_key: Callable[[Any], Any] = _no_key
     report: Callable[[Engine, Any], dict] = lambda engine, params: {}
+    ignored: Callable[["RunConfig"], set] = lambda cfg: set()
 
 
 def engine_spec(name: str) -> EngineSpec:

@@ -120,4 +120,9 @@ def sizes(cfg: RunConfig) -> list[tuple[str, str, int]]:
             ("train.eval_prompts", "eval_prompts x N x K", t.eval_prompts * N * K)]
 
 
-ENGINES.register("tokens")(EngineSpec(build, shape_key, sizes, rng_key=lambda consts: consts.key))
+def ignored(cfg: RunConfig) -> set[str]:
+    """The population engine's expectation knobs: this engine samples prompts instead."""
+    return {"train.expectation", "train.count_samples", "train.max_exact_table", "train.quadrature_nodes"}
+
+
+ENGINES.register("tokens")(EngineSpec(build, shape_key, sizes, rng_key=lambda consts: consts.key, ignored=ignored))

@@ -22,8 +22,8 @@ from ..progress import progress_bar
 from ..storage import save_parquet
 from ..measures import config_columns
 from .plan import Batch, plan_batches
-from .spec import SweepSpec, expand, load_spec
-from .store import ROWS_DIR, prepare_sweep_dir, read_rows, rebuild, table, write_run_dir_of
+from .spec import SweepSpec, expand, idle_axes, load_spec
+from .store import ROWS_DIR, check_table_file, prepare_sweep_dir, read_rows, rebuild, table, write_run_dir_of
 from .worker import run_batch
 
 REBUILD_EVERY_S = 2.0  # how often sweep.parquet is refreshed while a sweep runs (it is always at the end)
@@ -114,13 +114,17 @@ def run_sweep(spec_or_path: SweepSpec | dict[str, Any] | str | Path, out: str | 
         raise SweepError(f"--workers must be >= 1, got {workers}")
     spec = load_spec(spec_or_path)
     runs = expand(spec)
+    for note in idle_axes(spec, runs):
+        print(f"icl-dynamics: warning: {note}", file=sys.stderr)
     batches = plan_batches(runs, spec.max_batch)
     known = {r.hash for r in runs}
     with DirLock(out):
         out = prepare_sweep_dir(out, spec)
+        check_table_file(out)  # before any work: the table could not be written at the end
         rows_dir = safe_dir(out, ROWS_DIR)
         for tmp in rows_dir.glob(".*.tmp"):  # leftovers of a write cut short by a kill
-            tmp.unlink(missing_ok=True)
+            if tmp.is_symlink() or tmp.is_file():
+                tmp.unlink(missing_ok=True)
         notes: list[str] = []
         done = {r["config_hash"] for r in read_rows(out, known, notes)}
         for note in notes:

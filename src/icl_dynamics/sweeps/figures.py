@@ -84,11 +84,15 @@ def plot_heatmap(df: pd.DataFrame, x: str, y: str, value: str, out: str | Path, 
     ax.set_xticks(range(grid.shape[1]), [f"{v:g}" if isinstance(v, float) else str(v) for v in grid.columns],
                   rotation=45 if grid.shape[1] > 8 else 0)
     ax.set_yticks(range(grid.shape[0]), [f"{v:g}" if isinstance(v, float) else str(v) for v in grid.index])
+    settings = df.groupby([y, x])["setting"].agg(lambda v: "/".join(sorted(set(map(str, v))))) \
+        .unstack(x).reindex(index=grid.index, columns=grid.columns) if "setting" in df.columns else None
+    several = settings is not None and settings.stack().nunique() > 1  # label cells only when settings differ
     if z.size <= 256:
         for (i, j), v in np.ndenumerate(z):
-            if np.isfinite(v):  # dark text on the bright end of viridis
-                ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7,
-                        color="k" if im.norm(v) > 0.6 else "w")
+            tag = f"\n{settings.iat[i, j]}" if several and isinstance(settings.iat[i, j], str) else ""
+            if np.isfinite(v) or tag:  # dark text on the bright end of viridis
+                ax.text(j, i, (f"{v:.3g}" if np.isfinite(v) else "") + tag, ha="center", va="center", fontsize=6,
+                        color="k" if np.isfinite(v) and im.norm(v) > 0.6 else "w")
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     notes = ([f"mean over {', '.join(rest)}"] if (rest := averaged_over(df, [x, y], value)) else []) + \
@@ -100,37 +104,53 @@ def plot_heatmap(df: pd.DataFrame, x: str, y: str, value: str, out: str | Path, 
 
 
 def plot_scaling(df: pd.DataFrame, x: str, value: str, out: str | Path, level: float = 0.95,
-                 user_path: bool = True) -> tuple[Path, PowerLaw]:
-    """``value`` against ``x`` on log-log axes: every run, the mean per x, and a fitted power law."""
+                 user_path: bool = True, by: str | None = None, fit: bool = True) -> tuple[Path, dict[str, PowerLaw]]:
+    """``value`` against ``x`` on log-log axes: every run, the mean per x and (``fit``) a fitted power law;
+    with ``by``, one series (and one fit) per value of that column instead of pooling them."""
     xs = pd.to_numeric(df[x], errors="coerce").to_numpy(np.float64)
     ys = pd.to_numeric(df[value], errors="coerce").to_numpy(np.float64)
     if np.any(np.isfinite(xs) & (xs <= 0)):
         raise UserError(f"a log-log plot needs {x} > 0")
-    fit = fit_power_law(xs, ys, level)
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
     ok = np.isfinite(xs) & np.isfinite(ys) & (ys > 0)
-    ax.scatter(xs[ok], ys[ok], s=10, alpha=0.35, color="tab:blue", label="runs")
-    ux = np.unique(xs[ok])
-    means = [ys[ok][xs[ok] == u].mean() for u in ux]
-    ax.plot(ux, means, "o", color="tab:blue", ms=6, label="mean per x")
-    grid = np.geomspace(ux.min(), ux.max(), 100)
-    ax.plot(grid, fit.prefactor * grid ** fit.exponent, "k--",
-            label=f"fit: exponent {fit.exponent:.3g} [{fit.lo:.3g}, {fit.hi:.3g}] ({fit.level:.0%} CI)")
+    if not ok.any():
+        raise UserError(f"no run has a positive '{value}' to plot")
+    series = [(None, np.ones(len(df), bool))] if by is None else \
+        [(v, (df[by] == v).to_numpy()) for v in sorted(df[by].dropna().unique(), key=str)]
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    fits: dict[str, PowerLaw] = {}
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(series))) if by else ["tab:blue"]
+    for (label, mask), color in zip(series, colors):
+        m = ok & mask
+        if not m.any():
+            continue
+        name = "runs" if by is None else f"{by} = {label:g}" if isinstance(label, float) else f"{by} = {label}"
+        ux = np.unique(xs[m])
+        ax.scatter(xs[m], ys[m], s=10, alpha=0.35, color=color)
+        ax.plot(ux, [ys[m][xs[m] == u].mean() for u in ux], "o-" if by else "o", color=color, ms=5,
+                lw=1, label=f"{name} (mean per x)")
+        if fit:
+            f = fit_power_law(xs[m], ys[m], level) if len(ux) >= 2 else None
+            if f is not None:
+                fits[str(label) if by else "all"] = f
+                grid = np.geomspace(ux.min(), ux.max(), 100)
+                ax.plot(grid, f.prefactor * grid ** f.exponent, "--", color="k" if by is None else color, lw=1,
+                        label=f"fit: exponent {f.exponent:.3g} [{f.lo:.3g}, {f.hi:.3g}] ({f.level:.0%} CI)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    if len(ux) <= 12:
-        _log_ticks(ax.xaxis, ux)
+    ux_all = np.unique(xs[ok])
+    if len(ux_all) <= 12:
+        _log_ticks(ax.xaxis, ux_all)
     ax.set_xlabel(x)
     ax.set_ylabel(value)
     dropped = int((~ok).sum())
-    rest = averaged_over(df, [x], value)
-    notes = ([f"over {', '.join(rest)}"] if rest else []) + ([f"{dropped} runs not reached/<=0 left out"]
-                                                           if dropped else [])
+    rest = [c for c in averaged_over(df, [x], value) if c != by]
+    notes = ([f"pooled over {', '.join(rest)}"] if rest else []) + ([f"{dropped} runs not reached/<=0 left out"]
+                                                                  if dropped else [])
     ax.set_title(f"{value} vs {x}" + (f"\n({'; '.join(notes)})" if notes else ""), fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, out, user_path), fit
+    return _save(fig, out, user_path), fits
 
 
 def _save(fig, out: str | Path, user_path: bool) -> Path:
@@ -151,7 +171,7 @@ def _save(fig, out: str | Path, user_path: bool) -> Path:
 
 
 def plot_sweep(sweep_dir: str | Path, x: str, value: str, y: str | None = None,
-               out: str | Path | None = None) -> tuple[Path, PowerLaw | None]:
+               out: str | Path | None = None, by: str | None = None, fit: bool = True) -> tuple[Path, dict[str, PowerLaw]]:
     """The heatmap (with ``y``) or the scaling plot (without) of a sweep directory."""
     from .store import load_sweep
 
@@ -164,12 +184,18 @@ def plot_sweep(sweep_dir: str | Path, x: str, value: str, y: str | None = None,
         y = resolve_column(df, y)
         if y == x:
             raise UserError("--x and --y must be different columns")
-    name = sanitize_name(f"{value}_vs_{x}" + (f"_{y}" if y else "")) + ".png"  # column names are data
+        if by is not None:
+            raise UserError("--by splits the lines of a scaling plot; a heatmap (--y) shows two columns already")
+    if by is not None:
+        by = resolve_column(df, by)
+        if by == x:
+            raise UserError("--x and --by must be different columns")
+    name = sanitize_name(f"{value}_vs_{x}" + (f"_{y}" if y else "") + (f"_by_{by}" if by else "")) + ".png"
     user_path = out is not None
     out = Path(out) if user_path else safe_dir(sweep_dir, "figures") / name
     if y is not None:
-        return plot_heatmap(df, x, y, value, out, user_path), None
+        return plot_heatmap(df, x, y, value, out, user_path), {}
     xs = df[x]
     if not pd.api.types.is_numeric_dtype(xs) or pd.api.types.is_bool_dtype(xs):
         raise UserError(f"--x column '{x}' is not numeric; a scaling plot needs a numeric axis")
-    return plot_scaling(df, x, value, out, user_path=user_path)
+    return plot_scaling(df, x, value, out, user_path=user_path, by=by, fit=fit)

@@ -26,8 +26,9 @@ def batch_key(cfg: RunConfig) -> tuple:
     (``EngineSpec.shape_key``). Values (lr, p, seed...) are traced arrays and are left out. Where a shape
     still differs inside a batch (an exact table's size), the worker splits the batch further."""
     m, t = cfg.model, cfg.train
-    return (t.engine, m.include_query_in_softmax, m.attention, t.steps, t.log_every,
-            *engine_spec(t.engine).shape_key(cfg))
+    stop = (t.stop_factor, cfg.eps) if t.stop_at_eps else None  # one stop rule per vmapped batch
+    return (t.engine, m.include_query_in_softmax, m.attention, t.steps, t.log_every, stop, t.optimizer,
+            tuple(sorted(t.optimizer_args.items())), *engine_spec(t.engine).shape_key(cfg))
 
 
 def plan_batches(runs: list[PlannedRun], max_batch: int) -> list[Batch]:

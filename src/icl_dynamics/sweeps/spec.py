@@ -10,9 +10,10 @@ from typing import Any, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import RunConfig, config_keys, flatten, read_yaml, set_dotted, validate, with_overrides
+from ..config import RunConfig, config_keys, flatten, int_keys, read_yaml, set_dotted, validate, with_overrides
 from ..errors import ConfigError, SweepError
 from ..fsio import clip
+from .derived import is_derived, resolve
 
 AXIS_FORMS = ("range", "linspace", "logspace", "int_logspace")
 MAX_RUNS = 100_000  # grid points in one sweep (each is a run; a sweep directory holds a row per run)
@@ -131,8 +132,10 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
     """Every grid point as a validated config, in grid order; configs with equal hashes appear once."""
     tree: dict[str, Any] = {}
     flat_base = flatten(spec.base)
+    derived = {k: v for k, v in flat_base.items() if is_derived(v)}  # computed per grid point (derived.py)
     for key, value in flat_base.items():
-        set_dotted(tree, key, value)
+        if key not in derived:
+            set_dotted(tree, key, value)
     try:
         base = validate(tree)
     except ConfigError as e:
@@ -151,10 +154,14 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
     # a d set in the base stays fixed; otherwise with_overrides keeps d tied to K
     pinned = {"data.dim": base.data.dim} if "data.dim" in flat_base else {}
     runs: dict[str, PlannedRun] = {}
+    ints = int_keys()
     for i, combo in enumerate(np.ndindex(*(len(axes[k]) for k in keys))):
         point = {k: axes[k][j] for k, j in zip(keys, combo)}
+        later = {**derived, **{k: v for k, v in point.items() if is_derived(v)}}
         try:
-            cfg = with_overrides(base, {**pinned, **point})
+            cfg = with_overrides(base, {**pinned, **{k: v for k, v in point.items() if k not in later}})
+            if later:
+                cfg = with_overrides(cfg, resolve(cfg, later, ints))
         except ConfigError as e:
             shown = ", ".join(f"{k}={v!r}" for k, v in point.items())
             raise SweepError(f"{e} (grid point {shown})") from None
@@ -162,3 +169,17 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
         runs.setdefault(h, PlannedRun(i, cfg, h))
     return list(runs.values())
 
+
+
+def idle_axes(spec: SweepSpec, runs: list[PlannedRun]) -> list[str]:
+    """Grid axes that cannot change any run's result (EngineSpec.ignored), e.g. N under mean field."""
+    from ..engines import engine_spec
+
+    notes = []
+    for key in spec.grid:
+        if all(key in engine_spec(r.config.train.engine).ignored(r.config) for r in runs):
+            e = runs[0].config.train
+            notes.append(f"grid axis '{key}' cannot change the result ({e.engine} engine"
+                         + (f", {e.expectation} expectation" if e.engine == "population" else "")
+                         + "): its runs will be identical")
+    return notes

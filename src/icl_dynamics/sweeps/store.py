@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from ..config import RunConfig, read_yaml
+from ..config import RunConfig, memory_ceiling, read_yaml
 from ..errors import RunDirError, UserError
-from ..fsio import clip, safe_dir
+from ..fsio import clip, file_kind, os_error, safe_dir
 from ..fsio_owned import mark_owned, prepare_owned_dir
 from ..storage import atomic_write_text, prepare_run_dir, save_parquet, write_config, write_run_dir
 from ..trainer import TrainResult
@@ -65,23 +67,52 @@ def prepare_sweep_dir(out: str | Path, spec: SweepSpec) -> Path:
 
 def _parts(out: Path) -> list[Path]:
     rows_dir = out / ROWS_DIR
-    if not rows_dir.exists():
+    if not (rows_dir.exists() or rows_dir.is_symlink()):
         return []
     if rows_dir.is_symlink() or not rows_dir.is_dir():
         raise RunDirError(f"'{clip(rows_dir)}' is not a folder; the sweep directory is damaged (move it away and "
                           f"run the sweep again to recompute the missing rows)")
-    return sorted(rows_dir.glob("*.parquet"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    try:
+        found = [(rows_dir / name, os.lstat(rows_dir / name)) for name in os.listdir(rows_dir)
+                 if name.endswith(".parquet")]  # lstat: a planted symlink is listed (and refused), not followed
+    except OSError as e:
+        raise os_error(e, rows_dir, "list") from None
+    return [p for p, st in sorted(found, key=lambda x: (x[1].st_mtime_ns, x[0].name))]
+
+
+def check_table_file(out: Path) -> None:
+    """Refuse (one line) a sweep.parquet that is not a regular file: it could never be rewritten."""
+    p = out / TABLE_FILE
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise os_error(e, p, "use") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise RunDirError(f"'{clip(p)}' is a {file_kind(st.st_mode)}, not the sweep table; the sweep directory "
+                          f"is damaged (move it away; the rows in {ROWS_DIR}/ are kept)")
 
 
 def _read_table(p: Path) -> list[dict[str, Any]] | None:
-    """The rows of one parquet file; None when it is not a readable table of rows with a config_hash."""
+    """The rows of one parquet file; None when it is not a readable table of rows, each with a config_hash
+    and a run index: a symlink, a special file, a file whose metadata declares more bytes than the memory
+    ceiling (a decompression bomb), or a table of other columns."""
     try:
-        if not p.is_file():
+        if not stat.S_ISREG(os.lstat(p).st_mode):
             return None
-        rows = pq.read_table(p).to_pylist()
-    except (OSError, pa.ArrowException, ValueError):
+        with open(p, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+            declared = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+            if declared > memory_ceiling():
+                return None
+            f.seek(0)
+            rows = pq.read_table(f).to_pylist()
+    except (OSError, pa.ArrowException, ValueError, TypeError, OverflowError, RecursionError):
         return None
-    return rows if all(isinstance(r.get("config_hash"), str) for r in rows) else None
+    ok = all(isinstance(r.get("config_hash"), str) and isinstance(r.get("run"), int)
+             and not isinstance(r.get("run"), bool) for r in rows)
+    return rows if ok else None
 
 
 def read_rows(out: Path, known: set[str] | None = None, notes: list[str] | None = None) -> list[dict[str, Any]]:
@@ -111,9 +142,17 @@ def read_rows(out: Path, known: set[str] | None = None, notes: list[str] | None 
 
 
 def table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Rows -> pyarrow Table over the union of their keys (rows of other settings lack some columns)."""
+    """Rows -> pyarrow Table over the union of their keys (rows of other settings lack some columns). Rows
+    whose values for one column cannot share a type (a damaged or planted part) are one RunDirError."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    return pa.table({k: [r.get(k) for r in rows] for k in keys})
+    columns = {}
+    for k in keys:
+        try:
+            columns[k] = pa.array([r.get(k) for r in rows])
+        except (pa.ArrowException, ValueError, TypeError, OverflowError):
+            raise RunDirError(f"the sweep's rows disagree on the type of column '{clip(k, 40)}'; a part in "
+                              f"{ROWS_DIR}/ is damaged (move it away and run the sweep again)") from None
+    return pa.table(columns)
 
 
 def rebuild(out: Path, known: set[str] | None = None, notes: list[str] | None = None) -> list[dict[str, Any]]:
@@ -141,4 +180,15 @@ def load_sweep(out: str | Path):
     out = Path(out)
     if not (out / SPEC_FILE).is_file():
         raise RunDirError(f"'{clip(out)}' is not a sweep directory (no {SPEC_FILE})")
-    return table(read_rows(out)).to_pandas()
+    return table(read_rows(out, _known(out))).to_pandas()
+
+
+def _known(out: Path) -> set[str] | None:
+    """The config hashes of the sweep's spec (rows of other configs, planted in rows/, are not its rows);
+    None when the spec cannot be expanded here (another version): then every row counts."""
+    from .spec import expand
+
+    try:
+        return {r.hash for r in expand(parse_spec(read_yaml(out / SPEC_FILE, what="sweep spec")))}
+    except UserError:
+        return None

@@ -13,6 +13,7 @@ from ..config import validate
 from ..data import feature_probs
 from ..engines import build_engine
 from ..measures import sweep_row
+from ..schedule import stop_rule
 from ..trainer import fault_step_from_env, log_schedule, structure, train_batched
 from ..trajectory import to_arrays
 
@@ -33,11 +34,12 @@ def run_batch(configs: list[dict[str, Any]], keep_trajectories: bool = False) ->
     schedules = [log_schedule(c.train.steps, c.train.log_every) for c in cfgs]
     subgroups: dict[tuple, list[int]] = defaultdict(list)
     for i, (e, s) in enumerate(zip(engines, schedules)):
-        subgroups[structure(e, s)].append(i)
+        subgroups[(structure(e, s), stop_rule(cfgs[i]))].append(i)
     fault = fault_step_from_env()
     trained: dict[int, tuple] = {}
     for idx in subgroups.values():
-        for i, res in zip(idx, train_batched([engines[i] for i in idx], schedules[idx[0]], fault)):
+        for i, res in zip(idx, train_batched([engines[i] for i in idx], schedules[idx[0]], fault,
+                                             stop_rule(cfgs[idx[0]]))):
             trained[i] = (res, len(idx))
     per_run_s = (time.time() - started) / len(cfgs)
     out = []
