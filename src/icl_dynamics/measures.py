@@ -102,7 +102,7 @@ def _slowest(times: list[int | None]) -> int | None:
 
 
 def sweep_row(cfg: RunConfig, traj: Trajectory, probs: np.ndarray, status: str = "completed",
-           diverged_at: int | None = None) -> dict[str, Any]:
+              diverged_at: int | None = None, phases: dict | None = None) -> dict[str, Any]:
     """The per-run quantities stored in sweep.parquet (features 0-based; steps are logged steps).
 
     Groups follow :mod:`phases`: a dominant feature exists for imbalanced data (and for custom data with a
@@ -110,7 +110,7 @@ def sweep_row(cfg: RunConfig, traj: Trajectory, probs: np.ndarray, status: str =
     all features are, so ``time_to_eps_minor`` is then the slowest feature. Phase boundaries are
     ``<group>_phase_<name>_end`` (group: dominant | minor | balanced), the slowest feature of the group.
     """
-    phases = detect_phases(traj, probs, cfg.eps, setting_name(cfg.data))
+    phases = phases or detect_phases(traj, probs, cfg.eps, setting_name(cfg.data))
     dom = [f["feature"] for f in phases["features"] if f["group"] == "dominant"]
     minor = [f["feature"] for f in phases["features"] if f["group"] != "dominant"]
     tte = time_to_eps(traj, cfg.eps)

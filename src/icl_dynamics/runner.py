@@ -77,12 +77,19 @@ def _train_into(cfg: RunConfig, out: Path, *, progress: bool, start: TrainState 
         def save(state: TrainState, reason: str) -> None:
             checkpoint.save(out, cfg, engine, state, reason)
 
-        every, min_seconds = checkpoint.interval(cfg)
-        result = train(engine, log_schedule(cfg.train.steps, cfg.train.log_every), progress=progress,
-                       fault_step=fault_step_from_env(), start=start, checkpoint_every=every,
-                       on_checkpoint=save, min_checkpoint_seconds=min_seconds, stop=stop_rule(cfg))
-        report = engine_spec(engine.name).report(engine, result.params)
-        write_run_dir(out, cfg, result, started, report, **({"resumed_from": start.step} if start else {}))
+        phases = None
+        report = {}
+        if cfg.train.method == "flow":  # fast and deterministic: no checkpoints
+            from .flow import run_flow
+
+            result, phases, report["flow"] = run_flow(engine, cfg)
+        else:
+            every, min_seconds = checkpoint.interval(cfg)
+            result = train(engine, log_schedule(cfg.train.steps, cfg.train.log_every), progress=progress,
+                           fault_step=fault_step_from_env(), start=start, checkpoint_every=every,
+                           on_checkpoint=save, min_checkpoint_seconds=min_seconds, stop=stop_rule(cfg))
+        report.update(engine_spec(engine.name).report(engine, result.params))
+        write_run_dir(out, cfg, result, started, report, phases, **({"resumed_from": start.step} if start else {}))
     except Interrupted as e:
         _mark(out, {"status": "interrupted", "signal": signal.Signals(e.signum).name, "step": e.step,
                     **(hint if e.saved else {})})

@@ -23,6 +23,7 @@ import datetime
 import functools
 import io
 import json
+import os
 import platform
 import subprocess
 import zipfile
@@ -44,6 +45,7 @@ from .measures import metrics_table, summarize
 from .phases import detect_phases
 from .trainer import TrainResult
 from .trajectory import Trajectory, expected_shapes, from_arrays, to_arrays
+from .yamlio import read_text
 
 ARTIFACTS = ("config.yaml", "manifest.json", "trajectory.npz", "metrics.parquet", "summary.json", "phases.json",
              "checkpoint.npz", "params.npz", "explore.html")
@@ -171,7 +173,8 @@ def write_config(path: Path, cfg: RunConfig) -> None:
 
 
 def write_run_dir(out: Path, cfg: RunConfig, result: TrainResult, started: float,
-                  engine_report: dict[str, Any] | None = None, **manifest_extra: Any) -> None:
+                  engine_report: dict[str, Any] | None = None, phases: dict | None = None,
+                  **manifest_extra: Any) -> None:
     """The outputs of a finished (or diverged) run: trajectory.npz, params.npz, metrics.parquet,
     phases.json, manifest.json, and summary.json last, the commit point (config.yaml is written when the
     run starts; the caller removes the checkpoint after this)."""
@@ -185,7 +188,7 @@ def write_run_dir(out: Path, cfg: RunConfig, result: TrainResult, started: float
 
         save_npz(out / "params.npz", {f"param_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(result.params))})
     save_parquet(out / "metrics.parquet", metrics_table(traj, probs))
-    atomic_write_json(out / "phases.json", detect_phases(traj, probs, cfg.eps, setting_name(cfg.data)))
+    atomic_write_json(out / "phases.json", phases or detect_phases(traj, probs, cfg.eps, setting_name(cfg.data)))
     atomic_write_json(out / "manifest.json", manifest(cfg, started, time.time(), **manifest_extra))
     extra = {"diverged_at": result.diverged_at} if result.status == "diverged" else {}
     if engine_report:
@@ -205,17 +208,15 @@ class Run(NamedTuple):
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from a run or sweep folder: a regular file of bounded size; one line if not."""
+    if not os.path.lexists(path):
+        raise RunDirError(f"run directory '{clip(path.parent)}' has no {path.name}")
+    try:  # a regular file only (never a FIFO, device or /proc file), read up to the limit, never blocking
+        text = read_text(path, what="run file", limit=MAX_JSON_BYTES)
+    except ConfigError as e:
+        raise RunDirError(f"{e}; the folder is damaged") from None
     try:
-        if not path.is_file():
-            if path.exists():
-                raise RunDirError(f"'{clip(path)}' is not a regular file")
-            raise RunDirError(f"run directory '{clip(path.parent)}' has no {path.name}")
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise RunDirError(f"'{clip(path)}' is damaged (larger than {MAX_JSON_BYTES} bytes)")
-        obj = json.loads(path.read_text())
-    except OSError as e:
-        raise os_error(e, path, "read") from None
-    except (ValueError, UnicodeDecodeError, RecursionError):  # JSONDecodeError is a ValueError
+        obj = json.loads(text)
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
         raise RunDirError(f"'{clip(path)}' is damaged (not valid JSON)") from None
     if not isinstance(obj, dict):
         raise RunDirError(f"'{clip(path)}' is damaged (expected a JSON object)")
@@ -236,7 +237,7 @@ def load_config_file(run_dir: Path) -> RunConfig:
     from .config import read_yaml
 
     p = run_dir / "config.yaml"
-    if not p.is_file() and not p.exists():
+    if not os.path.lexists(p):  # a symlink loop or dangling link is named by read_yaml, not called missing
         raise RunDirError(f"run directory '{clip(run_dir)}' has no config.yaml")
     try:
         tree = read_yaml(p, what="run config")
@@ -247,17 +248,24 @@ def load_config_file(run_dir: Path) -> RunConfig:
         raise RunDirError(f"'{clip(p)}' is not a valid config for this version: {e}") from None
 
 
-def load_trajectory(run_dir: Path, K: int) -> tuple[Trajectory, np.ndarray]:
-    """trajectory.npz, its declared shapes checked against K (and its size against the memory ceiling)
-    before any data is read; steps must be finite, >= 0 and increasing."""
+def read_budget(cfg: RunConfig) -> int:
+    """Bytes a run directory's arrays may declare: no more than the run itself holds (its config's memory
+    estimate, which counts the logged trajectory), and never more than the memory ceiling. A small file
+    that declares or inflates to gigabytes is refused from its headers (fsio_npz)."""
+    return min(memory_ceiling(), cfg.memory().bytes)
+
+
+def load_trajectory(run_dir: Path, K: int, max_bytes: int | None = None) -> tuple[Trajectory, np.ndarray]:
+    """trajectory.npz, its declared shapes checked against K (and its size against ``max_bytes``, by default
+    the memory ceiling) before any data is read; steps must be finite, >= 0 and increasing."""
     p = run_dir / "trajectory.npz"
-    if not p.exists():
+    if not os.path.lexists(p):
         hint = (f"; resume it with 'icl-dynamics train --resume {clip(run_dir)}'"
                 if (run_dir / "checkpoint.npz").is_file() else " (was the run finished?)")
         raise RunDirError(f"run directory '{clip(run_dir)}' has no trajectory.npz{hint}")
     want = {k: ((None, *shape[1:]), "iuf") for k, shape in expected_shapes(1, K).items()}
     want["probs"] = ((K,), "f")
-    arrays = load_npz_checked(p, want, max_bytes=memory_ceiling())
+    arrays = load_npz_checked(p, want, max_bytes=memory_ceiling() if max_bytes is None else max_bytes)
     T = arrays["steps"].shape[0]
     if T < 1:
         raise RunDirError(f"'{clip(p)}' is damaged: array 'steps' holds no logged rows")
@@ -289,6 +297,6 @@ def load_run(path: str | Path) -> Run:
     """Load a finished run directory, with a one-line :class:`RunDirError` for anything missing or damaged."""
     path = check_run_dir(Path(path))
     cfg = load_config_file(path)
-    traj, probs = load_trajectory(path, cfg.data.num_features)
+    traj, probs = load_trajectory(path, cfg.data.num_features, read_budget(cfg))
     summary = read_json(path / "summary.json") if (path / "summary.json").exists() else {}
     return Run(path, cfg, traj, probs, summary)

@@ -23,7 +23,13 @@ def phases(args) -> int:
     eps = run.config.eps if args.eps is None else args.eps
     if not 0 < eps < 1:
         raise UserError(f"--eps must be in (0, 1), got {eps}")
-    result = detect_phases(run.trajectory, run.probs, eps, setting_name(run.config.data))
+    if run.config.train.method == "flow":  # boundaries from the solver's events, at this eps
+        from ..engines import build_engine
+        from ..flow import run_flow
+
+        result = run_flow(build_engine(run.config), run.config, eps)[1]
+    else:
+        result = detect_phases(run.trajectory, run.probs, eps, setting_name(run.config.data))
     atomic_write_json(run.path / "phases.json", result)
     print(describe(result))
     print(f"wrote {run.path / 'phases.json'}")

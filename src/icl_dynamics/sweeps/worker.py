@@ -33,10 +33,17 @@ def run_batch(configs: list[dict[str, Any]], keep_trajectories: bool = False) ->
     engines = [build_engine(c) for c in cfgs]
     schedules = [log_schedule(c.train.steps, c.train.log_every) for c in cfgs]
     subgroups: dict[tuple, list[int]] = defaultdict(list)
-    for i, (e, s) in enumerate(zip(engines, schedules)):
-        subgroups[(structure(e, s), stop_rule(cfgs[i]))].append(i)
-    fault = fault_step_from_env()
+    flows: dict[int, dict] = {}
     trained: dict[int, tuple] = {}
+    for i, (e, s) in enumerate(zip(engines, schedules)):
+        if cfgs[i].train.method == "flow":  # an adaptive solve per run: nothing to vmap
+            from ..flow import run_flow
+
+            result, flows[i], _ = run_flow(e, cfgs[i])
+            trained[i] = (result, 1)
+        else:
+            subgroups[(structure(e, s), stop_rule(cfgs[i]))].append(i)
+    fault = fault_step_from_env()
     for idx in subgroups.values():
         for i, res in zip(idx, train_batched([engines[i] for i in idx], schedules[idx[0]], fault,
                                              stop_rule(cfgs[idx[0]]))):
@@ -46,7 +53,7 @@ def run_batch(configs: list[dict[str, Any]], keep_trajectories: bool = False) ->
     for i, cfg in enumerate(cfgs):
         res, vmapped = trained[i]
         probs = feature_probs(cfg.data)
-        row = sweep_row(cfg, res.trajectory, probs, res.status, res.diverged_at)
+        row = sweep_row(cfg, res.trajectory, probs, res.status, res.diverged_at, flows.get(i))
         row.update(batch_runs=vmapped, wall_time_s=per_run_s)
         out.append(Outcome(row, to_arrays(res.trajectory, probs) if keep_trajectories else None))
     return out
