@@ -1,7 +1,13 @@
-"""Figures for one run: per-feature loss, own-feature attention, scores A/B, attention heatmaps."""
+"""Figures for one run: per-feature loss, own-feature attention, scores A/B, attention heatmaps.
+
+Every figure is drawn in the package style (:mod:`style`). Steps go on a log axis of step + 1, labelled in
+steps, so step 0 and the first steps are visible without the kink of a symlog axis. A group of curves of
+one colour (the minor features) is one line with breaks, so that each line has one legend entry.
+"""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,65 +15,140 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullFormatter  # noqa: E402
 
-from .errors import UserError  # noqa: E402
+from . import style  # noqa: E402
 from .data import setting_of  # noqa: E402
+from .errors import UserError  # noqa: E402
 from .storage import Run  # noqa: E402
 from .trajectory import Trajectory  # noqa: E402
 
-DOMINANT, MINOR, BALANCED = "tab:red", "tab:blue", "tab:green"
+FORMATS = ("png", "pdf", "svg")
+# names that are files, not folders: 'plot --out fig.png' is refused rather than made a folder
+FILE_SUFFIXES = {".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".gif", ".webp",
+                 ".html", ".json", ".txt", ".csv", ".npz", ".yaml", ".yml"}
+DOMINANT, MINOR, BALANCED = style.DOMINANT, style.MINOR, style.BALANCED
 
 
-def _groups(run: Run) -> tuple[list[int], list[int]]:
+def check_formats(formats) -> tuple[str, ...]:
+    """The requested figure formats, deduplicated in order; UserError for an unknown one."""
+    out = tuple(dict.fromkeys(str(f).lower().lstrip(".") for f in (formats or ("png",))))
+    bad = [f for f in out if f not in FORMATS]
+    if bad:
+        raise UserError(f"--format '{bad[0]}' is not one of {', '.join(FORMATS)}")
+    return out
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """A folder for several figures: refuse an existing file and a new name that looks like a file."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' exists and is not a directory")
+    if not out.exists() and out.suffix.lower() in FILE_SUFFIXES:
+        raise UserError(f"--out '{out}' names a file, not a directory: the figures go into a folder "
+                        f"(choose the file types with --format)")
+    return out
+
+
+def feature_groups(probs: np.ndarray) -> tuple[list[int], list[int]]:
     """(dominant features, the others), as phase detection decides them (phases.dominant_feature)."""
     from .phases import dominant_feature
 
-    K = len(run.probs)
-    dom = dominant_feature(run.probs, setting_of(run.probs))
+    K = len(probs)
+    dom = dominant_feature(probs, setting_of(probs))
     return ([], list(range(K))) if dom is None else ([dom], [k for k in range(K) if k != dom])
 
 
-def _xaxis(ax, steps):
-    ax.set_xlabel("GD step")
-    ax.set_xscale("symlog", linthresh=max(1.0, float(steps[-1]) / 1000))
-    ax.set_xlim(0, float(steps[-1]) * 1.05)
-    ax.grid(alpha=0.3)
+def step_axis(ax, last_step: float) -> None:
+    """Log axis of step + 1 (plot x = step + 1), ticks labelled with the step itself."""
+    ax.set_xscale("log")
+    top = float(last_step) + 1
+    decades = [0] + [10**i for i in range(int(np.log10(max(top, 10))) + 1)]
+    major = [d + 1 for d in decades if d + 1 <= top * 1.001]
+    ax.xaxis.set_major_locator(FixedLocator(major))
+    ax.set_xticklabels([f"{d:d}" for d in decades[:len(major)]])
+    minor = [m * 10**i + 1 for i in range(int(np.log10(max(top, 10))) + 1) for m in range(2, 10)]
+    ax.xaxis.set_minor_locator(FixedLocator([m for m in minor if m <= top]))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(1, top * 1.02)
+    ax.set_xlabel("GD step $t$ (log scale of $t+1$)")
+
+
+def x_of(steps) -> np.ndarray:
+    """Plot coordinate of steps on :func:`step_axis`."""
+    return np.asarray(steps, np.float64) + 1
+
+
+def group_line(ax, x: np.ndarray, Y: np.ndarray, **kw):
+    """Curves Y (T, G) against x (T,) as one line (NaN breaks between curves): one legend entry."""
+    Y = np.atleast_2d(np.asarray(Y, np.float64).T).T
+    xs = np.concatenate([np.append(x, np.nan) for _ in range(Y.shape[1])])
+    ys = np.concatenate([np.append(Y[:, g], np.nan) for g in range(Y.shape[1])])
+    return ax.plot(xs, ys, **kw)[0]
+
+
+def shade_phases(ax, bounds: list[float | None]) -> list[Patch]:
+    """Shade consecutive phases (ends in steps, None: not reached); returns one legend patch per phase."""
+    start, patches = 0.0, []
+    for j, end in enumerate(bounds):
+        if end is None:
+            break
+        ax.axvspan(start + 1, end + 1, color=style.PHASE_COLORS[j], alpha=0.12, lw=0)
+        patches.append(Patch(color=style.PHASE_COLORS[j], alpha=0.25, label=f"Phase {style.PHASE_NAMES[j]}"))
+        start = end
+    return patches
+
+
+def run_bounds(run: Run, k: int | None = None) -> list[float | None]:
+    """Phase ends to shade: feature k's (default: the first minor feature), or for balanced data the
+    median over features."""
+    from .data import setting_name
+    from .phases import detect_phases
+
+    ph = detect_phases(run.trajectory, run.probs, run.config.eps, setting_name(run.config.data))
+    feats = ph["features"]
+    if all(f["group"] == "balanced" for f in feats):
+        ends = [[f["phases"][j]["end"] for f in feats] for j in range(2)]
+        return [None if any(e is None for e in es) else float(np.median(es)) for es in ends]
+    minor = [f for f in feats if f["group"] == "minor"]
+    f = feats[k] if k is not None else (minor[0] if minor else feats[0])
+    return [p["end"] for p in f["phases"]]
 
 
 def plot_feature_loss(ax, run: Run, eps: float) -> None:
     t = run.trajectory
-    dom, rest = _groups(run)
-    color = MINOR if dom else BALANCED
-    for i, k in enumerate(rest):
-        ax.plot(t.steps, t.feature_loss[:, k], color=color, lw=1, alpha=0.6,
-                label=("minor features" if dom else "features") if i == 0 else None)
+    dom, rest = feature_groups(run.probs)
+    x = x_of(t.steps)
+    if rest:
+        group_line(ax, x, t.feature_loss[:, rest], color=MINOR if dom else BALANCED, lw=0.8, alpha=0.7,
+                   label=(f"minor features ({len(rest)})" if dom else f"features ({len(rest)})"))
     for k in dom:
-        ax.plot(t.steps, t.feature_loss[:, k], color=DOMINANT, lw=2.2, label="dominant feature 1")
-    ax.plot(t.steps, t.loss, color="k", lw=1.2, ls="--", label="loss")
-    ax.axhline(eps, color="gray", ls=":", label=f"eps = {eps:g}")
+        ax.plot(x, t.feature_loss[:, k], color=DOMINANT, lw=1.6, label=f"dominant feature {k + 1}")
+    ax.plot(x, t.loss, color="k", lw=1.0, ls="--", label="loss $L$")
+    ax.axhline(eps, color=style.THEORY, ls=":", lw=1.0, label=rf"$\epsilon$ = {eps:g}")
     ax.set_yscale("log")
-    ax.set_ylabel("feature_loss[k]")
-    ax.set_title("Per-feature loss")
-    _xaxis(ax, t.steps)
-    ax.legend(fontsize=8)
+    ax.set_ylabel(r"feature loss $L_k$")
+    step_axis(ax, t.steps[-1])
+    ax.legend(loc="lower left")
 
 
 def plot_own_attention(ax, run: Run) -> None:
     t = run.trajectory
-    dom, rest = _groups(run)
+    dom, rest = feature_groups(run.probs)
     K = t.attention.shape[1]
     own = t.attention[:, np.arange(K), np.arange(K)]
-    for i, k in enumerate(rest):
-        ax.plot(t.steps, own[:, k], color=MINOR if dom else BALANCED, lw=1, alpha=0.6,
-                label=("minor" if dom else "features") if i == 0 else None)
+    x = x_of(t.steps)
+    if rest:
+        group_line(ax, x, own[:, rest], color=MINOR if dom else BALANCED, lw=0.8, alpha=0.7,
+                   label=(f"minor features ({len(rest)})" if dom else f"features ({len(rest)})"))
     for k in dom:
-        ax.plot(t.steps, own[:, k], color=DOMINANT, lw=2.2, label="dominant")
-    ax.axhline(0.5, color="gray", ls=":")
+        ax.plot(x, own[:, k], color=DOMINANT, lw=1.6, label=f"dominant feature {k + 1}")
+    ax.axhline(0.5, color=style.THEORY, ls=":", lw=1.0, label="1/2")
     ax.set_ylim(0, 1.02)
-    ax.set_ylabel("attention[k, k]")
-    ax.set_title("Attention on the query's own feature")
-    _xaxis(ax, t.steps)
-    ax.legend(fontsize=8)
+    ax.set_ylabel(r"own attention $\mathrm{attn}_{k,k}$")
+    step_axis(ax, t.steps[-1])
+    ax.legend(loc="upper left")
 
 
 def plot_scores(ax, run: Run, k: int | None = None) -> int:
@@ -76,79 +157,132 @@ def plot_scores(ax, run: Run, k: int | None = None) -> int:
     K = t.scores.shape[1]
     if k is None:
         k = 1 if K > 1 else 0
-    ax.plot(t.steps, t.scores[:, k, k], color="tab:purple", lw=2, label=f"A_{k + 1} (own)")
+    x = x_of(t.steps)
+    ax.plot(x, t.scores[:, k, k], color="tab:purple", lw=1.4, label=rf"$A_{{{k + 1}}}$ (own feature)")
     if K > 1 and k != 0:
-        ax.plot(t.steps, t.scores[:, k, 0], color=DOMINANT, lw=1.5, label=f"B_{{{k + 1},1}} (to feature 1)")
+        ax.plot(x, t.scores[:, k, 0], color=DOMINANT, lw=1.2, label=rf"$B_{{{k + 1},1}}$ (to feature 1)")
     others = [n for n in range(K) if n not in (0, k)]
     if others:
-        ax.plot(t.steps, t.scores[:, k, others].mean(-1), color="tab:orange", lw=1.5,
-                label=f"mean B_{{{k + 1},n}}, n not in {{1,{k + 1}}}")
-    ax.axhline(0, color="gray", lw=0.5)
-    ax.set_ylabel("score")
-    ax.set_title(f"Scores of query feature {k + 1}")
-    _xaxis(ax, t.steps)
-    ax.legend(fontsize=8)
+        ax.plot(x, t.scores[:, k, others].mean(-1), color="tab:orange", lw=1.2,
+                label=rf"mean $B_{{{k + 1},n}}$, $n \notin \{{1, {k + 1}\}}$")
+    ax.axhline(0, color=style.THEORY, lw=0.6, label="0")
+    ax.set_ylabel(f"score (query feature {k + 1})")
+    step_axis(ax, t.steps[-1])
+    ax.legend(loc="upper left")
     return k
+
+
+def attention_at(traj: Trajectory, step: float) -> np.ndarray:
+    """attention (K, K) at ``step``, linear between the two logged rows around it (exact on a logged row)."""
+    s = traj.steps.astype(np.float64)
+    step = float(np.clip(step, s[0], s[-1]))
+    i = int(np.clip(np.searchsorted(s, step, side="right") - 1, 0, len(s) - 1))
+    if i == len(s) - 1 or s[i] == step:
+        return traj.attention[i]
+    w = (step - s[i]) / (s[i + 1] - s[i])
+    return (1 - w) * traj.attention[i] + w * traj.attention[i + 1]
+
+
+def feature_ticks(ax, K: int) -> None:
+    """1-based feature labels on both axes of a K x K heatmap (every feature up to K = 8)."""
+    ticks = np.arange(K) if K <= 8 else np.unique(np.r_[0, np.arange(3, K, 4), K - 1])
+    ax.set_xticks(ticks, [str(i + 1) for i in ticks])
+    ax.set_yticks(ticks, [str(i + 1) for i in ticks])
+
+
+def plot_heatmaps(fig, traj: Trajectory, panels: list[tuple[str, float]], ncols: int | None = None):
+    """One attention heatmap per (title, step), at exactly that step (interpolated between logged rows);
+    a shared colour bar. Returns the axes."""
+    n = len(panels)
+    ncols = ncols or n
+    nrows = -(-n // ncols)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    K = traj.attention.shape[1]
+    im, used = None, []
+    for i, ax in enumerate(axes.ravel()):
+        if i >= n:
+            ax.remove()
+            continue
+        title, step = panels[i]
+        im = ax.imshow(attention_at(traj, step), vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        feature_ticks(ax, K)
+        ax.set_xlabel("key feature $n$")
+        ax.set_ylabel("query feature $k$")
+        used.append(ax)
+    fig.colorbar(im, ax=used, shrink=0.9, label=r"$\mathrm{attn}_{k,n}$")
+    return used
 
 
 def default_heatmap_steps(traj: Trajectory, n: int = 4) -> list[int]:
     """Step 0, the end, and steps spaced in between on a square-root scale (transitions come early)."""
     steps = traj.steps
     targets = steps[-1] * np.linspace(0, 1, n) ** 2
-    return sorted({int(steps[np.argmin(np.abs(steps - s))]) for s in targets})
+    return sorted({int(round(s)) for s in targets})
 
 
-def plot_heatmaps(fig, run: Run, steps: list[int]) -> None:
-    t = run.trajectory
-    axes = fig.subplots(1, len(steps), squeeze=False, sharey=True)[0]
-    for j, (ax, s) in enumerate(zip(axes, steps)):
-        i = int(np.argmin(np.abs(t.steps - s)))
-        im = ax.imshow(t.attention[i], vmin=0, vmax=1, cmap="viridis")
-        ax.set_title(f"step {int(t.steps[i])}", fontsize=9)
-        ax.set_xlabel("key feature")
-        if j == 0:
-            ax.set_ylabel("query feature")
-        K = t.attention.shape[1]
-        ticks = np.arange(0, K, max(1, K // 4))
-        ax.set_xticks(ticks, [str(x + 1) for x in ticks])
-        ax.set_yticks(ticks, [str(x + 1) for x in ticks])
-    fig.colorbar(im, ax=list(axes), shrink=0.8, label="attention[k, n]")
-
-
-def save(fig, path: str | Path, dpi: int = 120) -> Path:
-    """Write ``fig`` as a PNG atomically (creating the folder) and close it."""
-    import io
-
+def save(fig, path: str | Path, dpi: int = style.DPI) -> Path:
+    """Write ``fig`` atomically in the format of ``path``'s suffix (creating the folder) and close it."""
     from .storage import atomic_write_bytes
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(buf, format=(path.suffix.lstrip(".") or "png").lower(), dpi=dpi, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
+    plt.close(fig)
     return path
 
 
-def plot_run(run: Run, out_dir: str | Path | None = None, heatmap_steps: list[int] | None = None,
-             minor_feature: int | None = None) -> list[Path]:
-    """Write the standard figures of a run (PNG) and return their paths."""
-    out = Path(out_dir) if out_dir is not None else run.path / "figures"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out '{out}' exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+def save_formats(fig, stem: str | Path, formats=("png",), dpi: int = style.DPI) -> list[Path]:
+    """Write ``fig`` as stem.<format> for every format; returns the paths."""
+    from .storage import atomic_write_bytes
+
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    plot_feature_loss(ax, run, run.config.eps)
-    paths.append(save(fig, out / "feature_loss.png"))
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    plot_own_attention(ax, run)
-    paths.append(save(fig, out / "attention_own.png"))
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    plot_scores(ax, run, minor_feature)
-    paths.append(save(fig, out / "scores.png"))
-    steps = heatmap_steps or default_heatmap_steps(run.trajectory)
-    fig = plt.figure(figsize=(3.2 * len(steps) + 1, 3.4))
-    plot_heatmaps(fig, run, steps)
-    paths.append(save(fig, out / "attention_heatmaps.png"))
+    for fmt in check_formats(formats):
+        buf = io.BytesIO()
+        # constrained layout already fits the figure: no second draw for a tight bounding box
+        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches=None if fig.get_layout_engine() else "tight")
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def phase_legend(fig, patches: list[Patch], title: str) -> None:
+    """One legend row (two in a one-column figure) for the shaded phases, above the panels."""
+    if patches:
+        narrow = fig.get_size_inches()[0] <= style.COLUMN + 1e-9
+        fig.legend(handles=patches, loc="outside upper center", ncols=min(len(patches), 2 if narrow else 4),
+                   title=title, title_fontsize=8)
+
+
+def plot_run(run: Run, out_dir: str | Path | None = None, heatmap_steps: list[int] | None = None,
+             minor_feature: int | None = None, formats=("png",)) -> list[Path]:
+    """Write the standard figures of a run in every format of ``formats``; returns their paths."""
+    formats = check_formats(formats)
+    out = check_out_dir(out_dir) if out_dir is not None else run.path / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    bounds = run_bounds(run, minor_feature)
+    dom, rest = feature_groups(run.probs)
+    k = minor_feature if minor_feature is not None else (rest[0] if dom else None)
+    title = f"phases of feature {k + 1}" if k is not None else "phases (median over features)"
+    paths: list[Path] = []
+    with style.context():
+        for name, draw in (("feature_loss", lambda ax: plot_feature_loss(ax, run, run.config.eps)),
+                           ("attention_own", lambda ax: plot_own_attention(ax, run)),
+                           ("scores", lambda ax: plot_scores(ax, run, minor_feature))):
+            fig, ax = plt.subplots(figsize=style.figsize(style.COLUMN, height=2.6), layout="constrained")
+            draw(ax)
+            phase_legend(fig, shade_phases(ax, bounds), title)
+            paths += save_formats(fig, out / name, formats)
+        steps = heatmap_steps or default_heatmap_steps(run.trajectory)
+        ncols = min(len(steps), 4)
+        fig = plt.figure(figsize=style.figsize(style.FULL, rows=-(-len(steps) // ncols) * 0.85 + 0.15),
+                         layout="constrained")
+        plot_heatmaps(fig, run.trajectory, [(f"step {s:g}", s) for s in steps], ncols)
+        paths += save_formats(fig, out / "attention_heatmaps", formats)
     return paths

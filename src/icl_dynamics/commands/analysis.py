@@ -41,6 +41,8 @@ def configure_reproduce(p):
     p.add_argument("--quick", action="store_true", help="smaller settings: the whole pipeline in seconds")
     p.add_argument("--overwrite", action="store_true", help="replace the report files in an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--format", dest="formats", nargs="+", default=["png"], metavar="FMT",
+                   help="figure formats: png, pdf, svg (report.html always embeds PNG)")
 
 
 def reproduce(args) -> int:
@@ -48,11 +50,14 @@ def reproduce(args) -> int:
     from ..reproduce import reproduce as run_reproduce
 
     started = time.time()
-    run_reproduce(args.out, QUICK if args.quick else FULL, overwrite=args.overwrite, progress=not args.quiet)
+    run_reproduce(args.out, QUICK if args.quick else FULL, overwrite=args.overwrite, progress=not args.quiet,
+                  formats=args.formats)
     out = Path(args.out)
     claims = json.loads((out / "claims.json").read_text())
     for c in claims:
         print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['claim']}")
+        for k in c.get("controls", []):
+            print(f"        control {'PASS' if k['passed'] else 'FAIL'}: {k['setting']}")
     print(f"{sum(c['passed'] for c in claims)}/{len(claims)} claims pass; report: {out / 'report.html'} "
           f"({time.time() - started:.0f} s)")
     return 0

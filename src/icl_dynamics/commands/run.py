@@ -65,6 +65,8 @@ def configure_plot(p):
     p.add_argument("--out", help="folder for the figures (default RUN_DIR/figures)")
     p.add_argument("--steps", type=int, nargs="+", help="steps for the attention heatmaps")
     p.add_argument("--feature", type=int, help="1-based minor feature for the scores figure (default 2)")
+    p.add_argument("--format", dest="formats", nargs="+", default=["png"], metavar="FMT",
+                   help="figure formats: png, pdf, svg (several allowed)")
 
 
 def plot(args) -> int:
@@ -77,7 +79,8 @@ def plot(args) -> int:
         raise UserError(f"--feature must be between 1 and K={K}, got {args.feature}")
     if args.steps and any(s < 0 for s in args.steps):
         raise UserError("--steps must be >= 0")
-    paths = plot_run(run, args.out, args.steps, None if args.feature is None else args.feature - 1)
+    paths = plot_run(run, args.out, args.steps, None if args.feature is None else args.feature - 1,
+                     formats=args.formats)
     for p in paths:
         print(p)
     return 0
