@@ -42,7 +42,8 @@ def test_quick_writes_every_file(quick):
         for name in ("config.yaml", "trajectory.npz", "summary.json", "phases.json", "manifest.json"):
             assert (out / "runs" / run / name).is_file(), (run, name)
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == len(FIGURES)  # self-contained: figures embedded
+    assert html.count("<img src='data:image/png;base64,") == len(FIGURES)  # self-contained: figures embedded
+    assert '<script src=' not in html and html.count('class="plot"') == 4  # the explorer's figures, inline
     md = (out / "report.md").read_text()
     claims = json.loads((out / "claims.json").read_text())
     cell = lambda s: s.replace("|", "\\|")  # noqa: E731  (as in a markdown table)
