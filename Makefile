@@ -20,7 +20,8 @@ run: $(STAMP)
 	$(BIN)/icl-dynamics reproduce --out results --overwrite
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	bash scripts/install-browser
+	ICL_TEST_ARTIFACTS=$(CURDIR)/test-output $(BIN)/python -m pytest -q -n 2
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run

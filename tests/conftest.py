@@ -23,3 +23,23 @@ def _float64(request):
 
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(scope="module")
+def driver():
+    """Headless Chromium (tests/browser.py); skips with the reason where it cannot start."""
+    import shutil
+
+    from browser import start_driver
+
+    d, profile = start_driver()
+    yield d
+    d.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    from browser import artifacts_dir
+
+    return artifacts_dir(tmp_path_factory)

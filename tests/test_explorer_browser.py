@@ -7,61 +7,23 @@ explorer_sweep.png. The tests skip only where Chromium or its driver cannot star
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from icl_dynamics.explorer import write_run_explorer
 from icl_dynamics.explorer_sweep import NOT_KEPT, write_sweep_explorer
+from browser import load, screenshot, severe  # noqa: E402  (driver, artifacts: conftest)
 from test_explorer import V, X, Y, synthetic_run, synthetic_sweep
 
 selenium = pytest.importorskip("selenium", reason="selenium is not installed")
-from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import WebDriverException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 KEPT = ("h4-0.1-0", "h4-0.1-1")  # the two runs of cell (K 4, lr 0.1) whose trajectories are kept
-WIDTH, HEIGHT = 1300, 1400
-
 # the drawn matrix of a heatmap trace (calcdata: what plotly actually rendered)
 READ_Z = "var c=document.getElementById(arguments[0]).calcdata[arguments[1]][0];return c.z.map(r=>Array.from(r));"
-
-
-@pytest.fixture(scope="module")
-def driver():
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip(f"Chromium or chromedriver missing ({CHROMIUM}, {CHROMEDRIVER})")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    profile = tempfile.mkdtemp(prefix="explorer-chromium-")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={profile}", f"--window-size={WIDTH},{HEIGHT}"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    try:
-        d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    except WebDriverException as e:
-        pytest.skip(f"Chromium could not start: {(str(e).strip().splitlines() or ['?'])[0]}")
-    yield d
-    d.quit()
-    shutil.rmtree(profile, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> Path:
-    out = Path(os.environ.get("ICL_TEST_ARTIFACTS") or tmp_path_factory.mktemp("artifacts"))
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -75,26 +37,6 @@ def pages(run, tmp_path_factory):
     runs = {h: synthetic_run(title=f"run {h}: K 4, lr 0.1") for h in KEPT}
     return {"run": write_run_explorer(run, d / "run.html"),
             "sweep": write_sweep_explorer(synthetic_sweep(), d / "sweep.html", X, Y, V, runs)}
-
-
-def load(driver, path: Path) -> list[dict]:
-    """Open a page, wait until every plot is drawn (the loader marks the body), return its console log."""
-    driver.set_window_size(WIDTH, HEIGHT)
-    driver.get(path.as_uri())
-    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
-    return driver.get_log("browser")
-
-
-def severe(log: list[dict]) -> list[str]:
-    return [e["message"] for e in log if e["level"] == "SEVERE"]
-
-
-def screenshot(driver, path: Path) -> None:
-    """The whole page: grow the window to the page height first."""
-    h = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(WIDTH, h + 20)
-    driver.execute_script("window.scrollTo(0, 0)")
-    driver.save_screenshot(str(path))
 
 
 def test_run_page_draws_exact_data_without_errors(driver, pages, run, artifacts):

@@ -203,3 +203,18 @@ def test_fit_power_interval():
         covered += f["ci"][0] <= 1.5 <= f["ci"][1]
     assert 0.904 <= covered / 200 <= 0.996  # binomial(200, 0.95): +-3 sd is +-0.046
     assert fit_power([1, 2], [1, 2]) is None
+
+
+def test_report_html_in_a_browser(quick, driver, artifacts):
+    """report.html from file:// in headless Chromium: no console errors, the figures and the four
+    interactive plots drawn; a screenshot goes to the test output (report.png)."""
+    from browser import load, screenshot, severe
+
+    out = quick[0]
+    assert severe(load(driver, out / "report.html")) == []
+    drawn = driver.execute_script("return Array.from(document.querySelectorAll('.plot')).filter("
+                                  "d => d._fullData && d._fullData.length > 0).length")
+    assert drawn == 4
+    assert driver.execute_script("return Array.from(document.images).every(i => i.naturalWidth > 100)")
+    screenshot(driver, artifacts / "report.png")
+    assert (artifacts / "report.png").stat().st_size > 50_000
