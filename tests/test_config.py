@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from icl_dynamics.config import load_config, parse_override, validate, with_overrides
 from icl_dynamics.data import feature_probs, setting_name
 from icl_dynamics.errors import ConfigError
+from icl_dynamics.cli import main
 
 
 def test_defaults_are_the_documented_ones():
@@ -135,3 +136,15 @@ def test_any_valid_probability_list_is_accepted(weights):
     cfg = validate({"data": {"num_features": len(p), "probs": p}})
     q = feature_probs(cfg.data)
     assert q.shape == (len(p),) and abs(q.sum() - 1) < 1e-12 and np.all(q >= 0)
+
+
+TINY_RUN = ["--set", "data.num_features=3", "--set", "data.prompt_length=8", "--set", "train.expectation=mean_field",
+            "--set", "train.steps=20", "--quiet"]
+
+
+def test_array_sizes_beyond_memory_are_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--set", "train.engine=tokens", "--set", "data.prompt_length=100000000", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "memory ceiling" in err[0] and "GiB" in err[0]
+    assert not out.exists()

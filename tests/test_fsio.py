@@ -25,6 +25,7 @@ from icl_dynamics.errors import RunDirError, StorageError
 from icl_dynamics.fsio import (LOCK_NAME, MAX_NAME, DirLock, atomic_write_bytes, clip, os_error, os_error_line,
                                safe_dir, sanitize_name)
 from icl_dynamics.fsio_owned import prepare_owned_dir
+from icl_dynamics.storage import atomic_write_text
 
 
 def one_line(err: pytest.ExceptionInfo[BaseException], *names: str) -> str:
@@ -265,3 +266,15 @@ def test_sigkilled_holder_releases_the_lock(holder: tuple[Path, subprocess.Popen
     assert (out / LOCK_NAME).read_text().strip() == str(proc.pid), "the stale file should still be there"
     with DirLock(out):
         assert (out / LOCK_NAME).read_text().strip() == str(os.getpid())
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        with open(tmp_path / "b.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "a.txt").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o640

@@ -11,6 +11,7 @@ from icl_dynamics.engines import build_engine
 from icl_dynamics.phases import boundaries, detect_phases
 from icl_dynamics.trainer import log_schedule, train
 from icl_dynamics.trajectory import Trajectory
+from icl_dynamics.phases import PERSIST_ROWS, crossing
 
 EPS = 1e-2
 STEPS = np.concatenate([[0], np.unique(np.rint(np.geomspace(1, 5000, 500)).astype(int))])
@@ -194,3 +195,12 @@ def test_tokens_engine_run_agrees_with_population():
     others = tp.scores[:, 1, 2:].mean(-1)
     i = int(np.searchsorted(tp.steps, med[0]))
     assert others[i] >= 0.75 * others.max(), (med[0], want[0])
+
+
+def test_a_crossing_on_the_last_rows_cannot_show_persistence():
+    steps = np.arange(100.0)
+    x = np.zeros(100)
+    x[-1] = 1.0  # one spike on the last row: no rows after it to persist
+    assert crossing(steps, x, 0.5, 0.05) is None
+    x[-PERSIST_ROWS - 1:] = 1.0  # the same rise held for PERSIST_ROWS more rows is an event at its first row
+    assert crossing(steps, x, 1.0, 0.05) == steps[-PERSIST_ROWS - 1]

@@ -118,3 +118,16 @@ def test_style_sizes():
     assert style.COLUMN == 3.4 and style.FULL == 7.0
     sizes = [v for k, v in style.RC.items() if k.endswith("size") and "marker" not in k]
     assert sizes and all(8 <= s <= 9 for s in sizes)  # 8-9 pt text throughout
+
+
+TINY_RUN = ["--set", "data.num_features=3", "--set", "data.prompt_length=8", "--set", "train.expectation=mean_field",
+            "--set", "train.steps=20", "--quiet"]
+
+
+def test_plot_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY_RUN, "--out", str(out)]) == 0
+    capsys.readouterr()
+    rc = main(["plot", str(out), "--out", str(out / "config.yaml")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not a directory" in err[0]

@@ -262,3 +262,11 @@ def test_plot_sweep_by_splits_series_and_no_fit(tmp_path, capsys):
     assert main(["plot-sweep", str(tmp_path / "s"), "--x", "data.num_features", "--value", "time_to_eps_dominant",
                  "--no-fit", "--out", str(tmp_path / "f.png")]) == 0
     assert "exponent" not in capsys.readouterr().out and (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_sweep_keeps_a_dim_set_in_its_base(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("base: {data.dim: 4, data.num_features: 4, train.steps: 5, train.expectation: mean_field}\n"
+                    "grid: {data.num_features: [2, 4]}\n")
+    dims = sorted((r.config.data.num_features, r.config.data.dim) for r in expand(load_spec(spec)))
+    assert dims == [(2, 4), (4, 4)]
