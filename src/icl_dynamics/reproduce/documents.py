@@ -133,7 +133,22 @@ def _blocks(results: dict[str, Any], claims: list[dict], conc: float | None) -> 
              f"{list(plan['floor_probs'])}, N = {list(plan['floor_N'])}, {plan['floor_steps']} steps"]]),
           ("p", "Phases follow the operational definitions of docs/spec.md section 6 (src/icl_dynamics/phases.py). "
                 "Mean-field sweep runs log steps on a 1% geometric grid.")]
-    return b
+    return b + _main_floors(mb, plan)
+
+
+def _main_floors(mb: dict, plan: dict) -> list[tuple]:
+    """The finite-N floor of the main runs' features (docs/spec.md section 6): between 1/2 (1 - p_k)^N and
+    (1 - p_k)^N, and whether eps lies above it (otherwise eps is unreachable at this N)."""
+    K, N, eps = mb["K"], mb["N"], mb["eps"]
+    rows = []
+    for name, p in (("balanced, every feature", 1 / K), ("imbalanced, dominant", plan["p1"]),
+                    ("imbalanced, minor", (1 - plan["p1"]) / (K - 1))):
+        lo, hi = 0.5 * (1 - p) ** N, (1 - p) ** N
+        rows.append([name, f"{p:.4g}", f"[{lo:.3g}, {hi:.3g}]", "yes" if eps > hi else "NO: eps is below the floor"])
+    return [("h2", "Finite-N floor of the main runs"),
+            ("p", f"A feature absent from the prompt (probability (1 - p_k)^N) cannot be predicted; the loss it can "
+                  f"reach is bounded below by the floor of docs/spec.md section 6 (N = {N}; finding 2 measures it)."),
+            ("table", ["Feature", "p_k", "floor (bounds)", f"eps = {eps:g} above it"], rows)]
 
 
 def _md(blocks: list[tuple]) -> str:
