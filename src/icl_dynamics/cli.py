@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .commands import analysis, config, explore, run, sweep
+from .commands import analysis, config, evaluate, explore, run, sweep
 from .errors import DivergenceError, StorageError, Terminated, UserError
 
 
@@ -33,6 +33,8 @@ COMMANDS: dict[str, Command] = {
                          analysis.configure_reproduce, analysis.reproduce),
     "sweep": Command("run a grid of configs (vectorised; local workers or a Dask cluster) into a sweep table",
                      sweep.configure_sweep, sweep.sweep),
+    "evaluate": Command("evaluate a run's trained parameters on another data distribution (--set ...)",
+                        evaluate.configure, evaluate.run),
     "explore": Command("write one self-contained interactive HTML page of a run or a sweep (works offline)",
                        explore.configure, explore.run),
     "config": Command("print the resolved config with each key's meaning ('config show')", config.configure,

@@ -68,6 +68,8 @@ class EngineSpec(NamedTuple):
       estimates and the like)
     - ``ignored(cfg) -> set of config keys`` that cannot change its result (a sweep axis over one of them
       gives identical runs, and the sweep says so)
+    - ``general(engine) -> Engine``: the engine without shortcuts that hold only along its own training
+      (e.g. symmetry from its initial parameters), for evaluating arbitrary parameters
     """
 
     build: Callable[["RunConfig"], Engine]
@@ -76,6 +78,7 @@ class EngineSpec(NamedTuple):
     rng_key: Callable[[Any], Any] = _no_key
     report: Callable[[Engine, Any], dict] = lambda engine, params: {}
     ignored: Callable[["RunConfig"], set] = lambda cfg: set()
+    general: Callable[[Engine], Engine] = lambda engine: engine
 
 
 def engine_spec(name: str) -> EngineSpec:
