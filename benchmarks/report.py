@@ -66,6 +66,9 @@ def blocks(res: dict) -> dict[str, str]:
     if fastpaths.NAME in res:
         goals.append(["fast paths: one jitted scan, few host trips, no recompilation, count samples once",
                       "see the fast-paths table", _met(fastpaths.all_checked(res[fastpaths.NAME]))])
+    for name, mod in _done(res).items():  # a section's goals that are not a ratio of two times
+        if hasattr(mod, "goals"):
+            goals += [[g["goal"], g["measured"], _met(g["met"])] for g in mod.goals(res[name])]
     out["goals"] = table(["goal", "measured", "met"], goals)
     for name, mod in _done(res).items():
         out.update(mod.tables(res[name]))

@@ -1,12 +1,15 @@
 """The benchmark suite's own correctness (never its timings): its exact reference, its PyTorch peer, the
 fast paths it measures (matrix-product population step, no recompilation on new values), its sweep
-comparison, and docs/performance.md's tables against the committed benchmarks/results.json.
+comparison, the exact section's instruments (step loop, gradient counter, the shared tokens fit), and
+docs/performance.md's tables against the committed benchmarks/results.json.
 
 Run from the repository root (``python -m pytest``, as ``make test`` does), so ``benchmarks`` imports.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import typing
 
@@ -15,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import report, sweep_bench
+from benchmarks import accuracy, exact, report, sweep_bench
 from benchmarks.exact_reference import SymmetricExact
 from icl_dynamics import trainer
 from icl_dynamics.config import RunConfig, TrainConfig, with_overrides
@@ -123,6 +126,49 @@ def test_sweep_section_compares_train_batched_with_train():
     assert r["compilations_while_timed"] == 0
 
 
+def test_exact_section_step_loop_is_the_trainers_arithmetic():
+    """The loop that times goal 2 runs the trainer's GD steps: the same parameters after 40 steps (the same
+    float64 operations in another loop: 1e-14 relative)."""
+    e = build_engine(cfg(data__num_features=4, data__prompt_length=32, train__steps=40))
+    with jax.enable_x64(True):
+        params, _ = exact.steps_call(e, 40)()
+    want = trainer.train(e, trainer.log_schedule(40), progress=False).params
+    np.testing.assert_allclose(np.asarray(params), np.asarray(want), rtol=1e-14, atol=1e-16)
+
+
+def test_exact_section_counts_every_gradient_evaluation():
+    """Goal 4 counts the flow's gradient evaluations with a host callback in the engine's gradient: on a GD
+    run it counts exactly one per step (tolerance 0) and changes no number."""
+    e = build_engine(cfg(data__num_features=4, data__prompt_length=32, train__expectation="mean_field",
+                         train__steps=37))
+    counts = {"grad": 0}
+    counted = trainer.train(exact._counting(e, counts), trainer.log_schedule(37), progress=False)
+    assert counts["grad"] == 37
+    plain = trainer.train(e, trainer.log_schedule(37), progress=False)
+    np.testing.assert_array_equal(counted.trajectory.feature_loss, plain.trajectory.feature_loss)
+
+
+def test_exact_section_reuses_the_accuracy_sections_tokens_fit(monkeypatch):
+    """Goal 3 takes the tokens side from population_vs_tokens's cache (computed once per process and knobs:
+    'reused' when that section ran first), and the closed form matches the symmetric exact reference at
+    K=16, N=256 (1e-10 relative)."""
+    calls = []
+
+    @functools.cache
+    def tokens_side(k):
+        calls.append(k)
+        return {"tokens_choice": {"B": 100.0, "run_s": 50.0, "extrapolated": True}}
+
+    monkeypatch.setattr(accuracy, "tokens_side", tokens_side)
+    tiny = dataclasses.replace(accuracy.QUICK, repeats=1, steps=30, log_every=10)
+    first = exact.against_tokens(exact.Knobs(accuracy=tiny))
+    second = exact.against_tokens(exact.Knobs(accuracy=tiny))
+    assert calls == [tiny]
+    assert first["tokens_side"] == "computed here" and second["tokens_side"] == "reused from population_vs_tokens"
+    assert second["ratio"] == 50.0 / second["run_s"]
+    assert second["rel_error"] < 1e-10
+
+
 def test_docs_tables_equal_the_generated_ones():
     """Every marked table of docs/performance.md equals what benchmarks/report.py makes of the committed
     benchmarks/results.json (tolerance: 0 differing tables; fix with ``python -m benchmarks.report``)."""
@@ -134,4 +180,4 @@ def test_docs_tables_equal_the_generated_ones():
     stale = sorted(n for n in want if have.get(n) != want[n])
     assert stale == [], f"stale tables in docs/performance.md: {stale}"
     assert unmarked == [] and unknown == []
-    assert len(have) == len(report.blocks(res)) >= 8
+    assert len(have) == len(report.blocks(res)) >= 12
