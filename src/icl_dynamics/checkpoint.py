@@ -24,11 +24,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from .config import RunConfig, memory_ceiling
+from .config import RunConfig
 from .engines import Engine, rng_key_of
 from .errors import RunDirError
+from .fsio import os_error
 from .fsio_npz import load_npz_checked
-from .storage import save_npz
+from .storage import read_budget, save_npz
 from .trainer import CHUNK_ROWS, TrainState, initial_state
 from .trajectory import Trajectory, expected_shapes
 
@@ -65,7 +66,14 @@ def save(run_dir: Path, cfg: RunConfig, engine: Engine, state: TrainState, reaso
 
 
 def remove(run_dir: Path) -> None:
-    (Path(run_dir) / CHECKPOINT).unlink(missing_ok=True)
+    """Delete the checkpoint (a regular file, or a link in its place: the link, never its target); anything
+    else at that name is not ours to delete and stays."""
+    p = Path(run_dir) / CHECKPOINT
+    try:
+        if p.is_symlink() or p.is_file():
+            p.unlink(missing_ok=True)
+    except OSError as e:
+        raise os_error(e, p, "remove") from None
 
 
 def require(run_dir: Path) -> Path:
@@ -93,7 +101,7 @@ def load(run_dir: Path, cfg: RunConfig, engine: Engine, schedule: np.ndarray) ->
     expect.update({f"param_{i}": (tuple(np.shape(x)), "f") for i, x in enumerate(init_leaves)})
     expect.update({f"opt_{i}": (tuple(np.shape(x)), "iuf") for i, x in enumerate(opt_leaves)})
     expect.update({"rng_key": ((None,), "u"), "meta": ((), "U")})
-    arrays = load_npz_checked(p, expect, max_bytes=memory_ceiling())
+    arrays = load_npz_checked(p, expect, max_bytes=read_budget(cfg))
     try:
         meta = json.loads(str(arrays.pop("meta")))
     except (ValueError, RecursionError):

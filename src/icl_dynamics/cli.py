@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         args = build_parser().parse_args(argv)
-        if args.command is None:
-            build_parser().print_usage(sys.stderr)
+        if args.command is None:  # the usage on stdout, one error line on stderr
+            build_parser().print_usage(sys.stdout)
             print("icl-dynamics: error: give a command (icl-dynamics --help lists them)", file=sys.stderr)
             return 2
         return COMMANDS[args.command].run(args)

@@ -17,6 +17,7 @@ same query feature. One feature per class of equal probability is solved for (th
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import diffrax
@@ -37,47 +38,55 @@ TEXT = {LOSS: "feature_loss[k] <= eps", HALF: "attention[k,k] >= 1/2", OVERTAKE:
         PEAK: "B_{{k,n}} peaks (mean over the other minor features n)"}
 
 
-def _term(engine: Engine) -> diffrax.ODETerm:
-    return diffrax.ODETerm(lambda t, y, args: -engine.grad(engine.static, engine.consts, y, 0))
+def _term(grad, static) -> diffrax.ODETerm:
+    """d scores/dt = -grad; consts ride in ``args`` (traced), so one compilation serves every run of a shape."""
+    return diffrax.ODETerm(lambda t, y, consts: -grad(static, consts, y, 0))
 
 
 def _controller(rtol: float, atol: float, solver: str):
     return diffrax.PIDController(rtol=rtol, atol=atol), SOLVERS[solver]()
 
 
-def _g(engine: Engine, y, kind, k, d, others, eps):
-    """The event functions of the table above; ``kind`` picks one (traced, so one compilation serves all)."""
-    m = engine.observe(engine.static, engine.consts, y)
-    grad = engine.grad(engine.static, engine.consts, y, 0)
-    rise = -jnp.sum(jnp.where(others, grad[k], 0.0)) / jnp.maximum(jnp.sum(others), 1)
-    return jnp.stack([m.feature_loss[k] - eps, 0.5 - m.attention[k, k], m.attention[k, d] - m.attention[k, k],
-                      rise])[kind]
+def _g(grad, observe, static, consts, y, kind, k, d, others, eps):
+    """The event functions of the table above; ``kind`` picks one (traced, so one compilation serves all;
+    the gradient is computed only for the peak event)."""
+    def from_metrics(kind):
+        m = observe(static, consts, y)
+        return jnp.stack([m.feature_loss[k] - eps, 0.5 - m.attention[k, k], m.attention[k, d] - m.attention[k, k]])[kind]
+
+    def rise(_):
+        g = grad(static, consts, y, 0)
+        return -jnp.sum(jnp.where(others, g[k], 0.0)) / jnp.maximum(jnp.sum(others), 1)
+
+    return jax.lax.cond(kind == PEAK, rise, from_metrics, jnp.minimum(kind, OVERTAKE))
 
 
-def _solve_to_event(engine: Engine, y0, t0, t1, kind, k, d, others, eps, rtol, atol, solver):
+@partial(jax.jit, static_argnames=("grad", "observe", "static", "rtol", "atol", "solver"))
+def _solve_to_event(grad, observe, static, consts, y0, t0, t1, kind, k, d, others, eps, rtol, atol, solver):
     pid, method = _controller(rtol, atol, solver)
-    event = diffrax.Event(lambda t, y, args, **kw: _g(engine, y, kind, k, d, others, eps),
+    event = diffrax.Event(lambda t, y, args, **kw: _g(grad, observe, static, args, y, kind, k, d, others, eps),
                           root_finder=optimistix.Bisection(rtol=1e-12, atol=1e-12, flip="detect"), direction=False)
-    sol = diffrax.diffeqsolve(_term(engine), method, t0, t1, None, y0, stepsize_controller=pid, event=event,
-                              max_steps=MAX_STEPS, saveat=diffrax.SaveAt(t1=True),
-                              throw=False)
+    sol = diffrax.diffeqsolve(_term(grad, static), method, t0, t1, None, y0, args=consts, stepsize_controller=pid,
+                              event=event, max_steps=MAX_STEPS, saveat=diffrax.SaveAt(t1=True), throw=False)
     return sol.ts[-1], sol.ys[-1], sol.event_mask, sol.stats["num_steps"]
+
+
+@partial(jax.jit, static_argnames=("grad", "observe", "static", "rtol", "atol", "solver"))
+def _solve_logged(grad, observe, static, consts, y0, ts, rtol, atol, solver):
+    pid, method = _controller(rtol, atol, solver)
+    sol = diffrax.diffeqsolve(_term(grad, static), method, ts[0], ts[-1], None, y0, args=consts,
+                              stepsize_controller=pid, saveat=diffrax.SaveAt(ts=ts), max_steps=MAX_STEPS, throw=False)
+    metrics = jax.vmap(lambda y: observe(static, consts, y))(sol.ys)
+    return sol.ys, metrics, sol.result == diffrax.RESULTS.successful, sol.stats["num_steps"]
 
 
 def integrate(engine: Engine, schedule: np.ndarray, lr: float, rtol: float, atol: float,
               solver: str) -> tuple[TrainResult, dict[str, Any]]:
     """The flow through the logged times lr x schedule; the trajectory's steps are the schedule."""
-    pid, method = _controller(rtol, atol, solver)
-
-    @jax.jit
-    def run(y0, ts):
-        sol = diffrax.diffeqsolve(_term(engine), method, ts[0], ts[-1], None, y0, stepsize_controller=pid,
-                                  saveat=diffrax.SaveAt(ts=ts), max_steps=MAX_STEPS, throw=False)
-        metrics = jax.vmap(lambda y: engine.observe(engine.static, engine.consts, y))(sol.ys)
-        return sol.ys, metrics, sol.result == diffrax.RESULTS.successful, sol.stats["num_steps"]
-
     with jax.enable_x64(True):
-        ys, metrics, ok, nsteps = jax.device_get(run(engine.init, jnp.asarray(lr * schedule.astype(np.float64))))
+        ys, metrics, ok, nsteps = jax.device_get(_solve_logged(
+            engine.grad, engine.observe, engine.static, engine.consts, engine.init,
+            jnp.asarray(lr * schedule.astype(np.float64)), rtol=rtol, atol=atol, solver=solver))
     ok = bool(ok) and all(np.all(np.isfinite(np.asarray(x))) for x in metrics)
     traj = stack_rows([schedule], [Metrics(*(np.asarray(x) for x in metrics))])
     stats = {"solver": solver, "rtol": rtol, "atol": atol, "solver_steps": int(nsteps),
@@ -96,8 +105,15 @@ def events(engine: Engine, probs: np.ndarray, eps: float, setting: str, lr: floa
     of events (spec section 6) each solved from the previous one; times in steps (t / lr), 0-based."""
     K = len(probs)
     d = dominant_feature(probs, setting)
-    solve = jax.jit(lambda y0, t0, kind, k, dd, others: _solve_to_event(
-        engine, y0, t0, t_end, kind, k, dd, others, eps, rtol, atol, solver))
+    steps_used = [0]
+
+    def solve(y0, t0, kind, k, dd, others):
+        out = _solve_to_event(engine.grad, engine.observe, engine.static, engine.consts, y0, t0,
+                              jnp.asarray(t_end, jnp.float64), kind, k, dd, others, jnp.asarray(eps, jnp.float64),
+                              rtol=rtol, atol=atol, solver=solver)
+        steps_used[0] += int(out[3])
+        return out
+
     reps: dict[tuple, list[float | None]] = {}
     out = []
     for k in range(K):
@@ -116,7 +132,8 @@ def events(engine: Engine, probs: np.ndarray, eps: float, setting: str, lr: floa
                            **({"time": t} if t is not None else {})})
             start = end
         out.append({"feature": k, "group": group, "phases": phases})
-    return {"setting": setting, "eps": float(eps), "source": "solver events (train.method=flow)", "features": out}
+    return {"setting": setting, "eps": float(eps), "source": "solver events (train.method=flow)",
+            "solver_steps": steps_used[0], "features": out}
 
 
 def _chain_times(solve, engine: Engine, kinds: list[int], k: int, d: int, others: np.ndarray,
@@ -132,7 +149,8 @@ def _chain_times(solve, engine: Engine, kinds: list[int], k: int, d: int, others
                 if not others.any():  # K = 2: no other minor feature, no B_{k,n}: Phase I is empty
                     times.append(t / lr)
                     continue
-                if float(_g(engine, y, PEAK, k, d, jnp.asarray(others), 0.0)) <= 0:
+                if float(_g(engine.grad, engine.observe, engine.static, engine.consts, y, PEAK, k, d,
+                            jnp.asarray(others), 0.0)) <= 0:
                     t = None  # B_{k,n} never rises (p_1 <= 1/sqrt(K), spec section 6): no peak, no four phases
                     times.append(None)
                     continue
@@ -157,4 +175,7 @@ def run_flow(engine: Engine, cfg, eps: float | None = None) -> tuple[TrainResult
     result, stats = integrate(engine, schedule, t.lr, t.flow_rtol, t.flow_atol, t.flow_solver)
     phases = events(engine, feature_probs(cfg.data), cfg.eps if eps is None else eps, setting_name(cfg.data),
                     t.lr, float(t.lr * schedule[-1]), t.flow_rtol, t.flow_atol, t.flow_solver)
+    event_steps = phases.pop("solver_steps")
+    stats.update(event_solver_steps=event_steps,  # evaluations of the gradient field, trajectory and events
+                 function_evaluations=(stats["solver_steps"] + event_steps) * _stages(t.flow_solver))
     return result, phases, stats

@@ -88,6 +88,27 @@ def file_kind(mode: int) -> str:
     return "special file"
 
 
+def not_a_folder(path: object, what: str = "--out") -> UserError | StorageError:
+    """The error for ``path`` existing as something other than a folder: a file, a device, a dangling
+    symlink or a symlink loop, named as such (``makedirs`` only says "File exists")."""
+    shown = clip(path)
+    try:
+        lst = os.lstat(path)  # type: ignore[arg-type]
+    except OSError as e:
+        return os_error(e, path, "use")
+    if stat.S_ISLNK(lst.st_mode):
+        try:
+            st = os.stat(path)  # type: ignore[arg-type]
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR):
+                how = "in a loop" if e.errno == errno.ELOOP else "to nothing"
+                return RunDirError(f"{what} '{shown}' is a symlink that leads {how}; remove it or choose "
+                                   f"another {what}")
+            return os_error(e, path, "use")
+        return RunDirError(f"{what} '{shown}' is a symlink to a {file_kind(st.st_mode)}, not a folder")
+    return RunDirError(f"{what} '{shown}' exists and is a {file_kind(lst.st_mode)}, not a folder")
+
+
 def _check_write_target(path: Path, user_path: bool) -> None:
     parent = path.parent
     try:
@@ -121,6 +142,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, user_path: 
     the user named outright (``--out fig.png``), whose folder may be a symlink they chose.
     An ``OSError`` becomes :func:`os_error`; the temporary file is removed on any failure.
     """
+    check_path(path)
     path = Path(path)
     _check_write_target(path, user_path)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
@@ -233,6 +255,7 @@ class DirLock:
         self.what = what
         self.create = create
         self._fd: int | None = None
+        self._created = False
 
     @property
     def path(self) -> Path:
@@ -244,6 +267,8 @@ class DirLock:
         if self.create:
             try:
                 os.makedirs(self.directory, exist_ok=True)
+            except FileExistsError:  # something that is not a folder: say what, not "File exists"
+                raise not_a_folder(self.directory, self.what) from None
             except OSError as e:
                 raise os_error(e, self.directory, "create") from None
         for _ in range(10):  # retried only while a previous holder unlinks the file between our open and flock
@@ -259,9 +284,16 @@ class DirLock:
         raise RunDirError(f"cannot lock '{clip(self.directory)}': its {LOCK_NAME} keeps being replaced")
 
     def _open(self) -> int:
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        """The lock file, opened read-write without following a link; ``self._created`` says whether this
+        call created it (O_EXCL), so that a ``.lock`` someone else left is never truncated unchecked."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(self.path, flags, 0o666)
+            try:
+                fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+                self._created = True
+            except FileExistsError:
+                fd = os.open(self.path, flags)
+                self._created = False
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise RunDirError(f"'{clip(self.path)}' is a symlink; remove it") from None
@@ -271,6 +303,21 @@ class DirLock:
             os.close(fd)
             raise RunDirError(f"'{clip(self.path)}' is a {file_kind(mode)}; remove it")
         return fd
+
+    def _adoptable(self, fd: int) -> bool:
+        """A ``.lock`` this process did not create may be taken over only when it is ours: the folder carries
+        an icl-dynamics marker, or holds nothing but a ``.lock`` with a pid in it (a holder killed before it
+        marked the folder). A user's own ``.lock`` in their folder is never truncated or removed."""
+        from .fsio_owned import marker_kind  # fsio_owned imports this module
+
+        try:
+            if marker_kind(self.directory) is not None:
+                return True
+            alone = set(os.listdir(self.directory)) <= {LOCK_NAME}
+            raw = os.pread(fd, 64, 0)
+        except (OSError, UserError, StorageError):
+            return False
+        return alone and re.fullmatch(rb"[0-9]{1,10}\n?", raw) is not None
 
     def _lock(self, fd: int) -> bool:
         try:
@@ -292,6 +339,9 @@ class DirLock:
             return False
         if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
             return False
+        if not self._created and not self._adoptable(fd):
+            raise RunDirError(f"'{clip(self.path)}' exists in a folder icl-dynamics did not make (no marker); it "
+                              f"may be someone else's file: remove it or use another {self.what}")
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

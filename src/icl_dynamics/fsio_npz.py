@@ -20,7 +20,7 @@ from typing import IO
 import numpy as np
 
 from .errors import RunDirError
-from .fsio import clip, os_error
+from .fsio import clip, file_kind, os_error
 
 NPY_HEADER_MAX = 65_536  # bytes allowed for an .npy member's magic + header, on top of its data
 _COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # what np.savez / savez_compressed write
@@ -51,10 +51,16 @@ def load_npz_checked(path: str | os.PathLike[str], expect: Expect, *, max_bytes:
         if e.errno == errno.ENOENT:
             raise RunDirError(f"'{clip(p)}' does not exist") from None
         raise os_error(e, p, "read") from None
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as e:
+        os.close(fd)
+        raise os_error(e, p, "read") from None
+    if not stat.S_ISREG(mode):  # before fdopen, which refuses a folder with IsADirectoryError
+        os.close(fd)
+        raise RunDirError(f"'{clip(p)}' is damaged: it is a {file_kind(mode)}, not a regular file")
     with os.fdopen(fd, "rb") as f:
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise _Damaged("not a regular file")
             with zipfile.ZipFile(f) as zf:
                 return _read_all(zf, expect, max_bytes)
         except _Damaged as e:

@@ -222,11 +222,10 @@ def default_heatmap_steps(traj: Trajectory, n: int = 4) -> list[int]:
 
 
 def save(fig, path: str | Path, dpi: int = style.DPI) -> Path:
-    """Write ``fig`` atomically in the format of ``path``'s suffix (creating the folder) and close it."""
+    """Write ``fig`` atomically in the format of ``path``'s suffix (the folder must exist) and close it."""
     from .storage import atomic_write_bytes
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     fig.savefig(buf, format=(path.suffix.lstrip(".") or "png").lower(), dpi=dpi, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
@@ -238,8 +237,7 @@ def save_formats(fig, stem: str | Path, formats=("png",), dpi: int = style.DPI) 
     """Write ``fig`` as stem.<format> for every format; returns the paths."""
     from .storage import atomic_write_bytes
 
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem = Path(stem)  # its folder comes from safe_dir / prepare_owned_dir: never made here
     paths = []
     for fmt in check_formats(formats):
         buf = io.BytesIO()
@@ -260,12 +258,21 @@ def phase_legend(fig, patches: list[Patch], title: str) -> None:
                    title=title, title_fontsize=8)
 
 
+RUN_FIGURES = ("feature_loss", "attention_own", "scores", "attention_heatmaps")
+
+
 def plot_run(run: Run, out_dir: str | Path | None = None, heatmap_steps: list[int] | None = None,
              minor_feature: int | None = None, formats=("png",)) -> list[Path]:
     """Write the standard figures of a run in every format of ``formats``; returns their paths."""
+    from .fsio import safe_dir
+    from .fsio_owned import prepare_owned_dir
+
     formats = check_formats(formats)
-    out = check_out_dir(out_dir) if out_dir is not None else run.path / "figures"
-    out.mkdir(parents=True, exist_ok=True)
+    if out_dir is None:  # inside the run directory (ours): no symlink on the way is followed
+        out = safe_dir(run.path, "figures")
+    else:  # a folder of the user's choice: only one icl-dynamics made (the marker), and only our figures go
+        out = prepare_owned_dir(check_out_dir(out_dir), "figures", True,
+                                [f"{n}.{fmt}" for n in RUN_FIGURES for fmt in formats])
     bounds = run_bounds(run, minor_feature)
     dom, rest = feature_groups(run.probs)
     k = minor_feature if minor_feature is not None else (rest[0] if dom else None)

@@ -20,11 +20,14 @@ summary says finished, the checkpoint is there and ``train --resume`` continues;
 from __future__ import annotations
 
 import datetime
+import errno
 import functools
 import io
 import json
 import os
 import platform
+import re
+import stat
 import subprocess
 import zipfile
 from pathlib import Path
@@ -38,7 +41,7 @@ import yaml
 from .config import RunConfig, memory_ceiling, validate
 from .data import feature_probs, setting_name
 from .errors import ConfigError, RunDirError
-from .fsio import atomic_write_bytes, clip, os_error
+from .fsio import atomic_write_bytes, check_path, clip, os_error
 from .fsio_npz import load_npz_checked
 from .fsio_owned import prepare_owned_dir
 from .measures import metrics_table, summarize
@@ -109,9 +112,14 @@ def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
 
 def remove_stale_temps(path: Path) -> None:
     """Delete temporary files that a killed process left behind mid-write (``.NAME.*.tmp``)."""
-    for name in ARTIFACTS:
-        for tmp in path.glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+    names = "|".join(re.escape(n) for n in ARTIFACTS)
+    pattern = re.compile(rf"\.(?:{names})\.[0-9a-f]{{12}}\.tmp")  # exactly what atomic_write_bytes makes
+    try:
+        for entry in os.scandir(path):
+            if pattern.fullmatch(entry.name) and not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
+    except OSError as e:
+        raise os_error(e, path, "clean up") from None
 
 
 @functools.cache  # one subprocess per process, not per run directory
@@ -224,13 +232,20 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def check_run_dir(path: Path) -> Path:
-    """``path`` if it is a folder; one line naming what it is otherwise."""
-    if path.is_dir():
-        return path
-    if path.exists() or path.is_symlink():
-        what = "a symlink that leads nowhere (or in a loop)" if path.is_symlink() and not path.exists() else "not a folder"
-        raise RunDirError(f"run directory '{clip(path)}' is {what}")
-    raise RunDirError(f"run directory '{clip(path)}' does not exist")
+    """``path`` if it is a folder; one line naming what it is otherwise (never an OSError: a name too long,
+    a NUL byte, a path through a file are all one line)."""
+    check_path(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if os.path.islink(path):
+            raise RunDirError(f"run directory '{clip(path)}' is a symlink that leads nowhere (or in a loop)") from None
+        if e.errno == errno.ENOENT:
+            raise RunDirError(f"run directory '{clip(path)}' does not exist") from None
+        raise os_error(e, path, "open") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise RunDirError(f"run directory '{clip(path)}' is not a folder")
+    return path
 
 
 def load_config_file(run_dir: Path) -> RunConfig:

@@ -46,7 +46,9 @@ def run(args) -> int:
     from ..api import Run
     from ..sweeps.store import SPEC_FILE
 
-    path = Path(args.path)
+    from ..storage import check_run_dir
+
+    path = check_run_dir(Path(args.path))  # one line for a missing, odd or unreadable path
     if (path / SPEC_FILE).is_file():
         out = sweep_page(path, args.x, args.y, args.value, args.out)
     else:

@@ -77,6 +77,9 @@ def plot(args) -> int:
     K = len(run.probs)
     if args.feature is not None and not 1 <= args.feature <= K:
         raise UserError(f"--feature must be between 1 and K={K}, got {args.feature}")
+    last = int(run.trajectory.steps[-1])
+    if args.steps and any(s > last for s in args.steps):
+        raise UserError(f"--steps must be between 0 and the run's last step {last}")
     if args.steps and any(s < 0 for s in args.steps):
         raise UserError("--steps must be >= 0")
     paths = plot_run(run, args.out, args.steps, None if args.feature is None else args.feature - 1,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..fsio import DirLock
 from ..storage import ARTIFACTS, prepare_output_dir
 from . import claims, findings  # noqa: F401  (registers the checks)
 from .documents import FIGURE_FILES, FIGURES, FILES, RUNS, write_report
@@ -41,7 +42,8 @@ def reproduce(out: str | Path, plan: Plan = FULL, *, overwrite: bool = False, pr
     from ..plots import check_formats
 
     formats = check_formats(formats)  # a bad format fails before anything runs
-    out = prepare_output(out, overwrite)
-    results = run_all(plan, out, progress=progress)
-    write_report(out, results, formats)
+    with DirLock(out):  # one writer per report folder
+        out = prepare_output(out, overwrite)
+        results = run_all(plan, out, progress=progress)
+        write_report(out, results, formats)
     return results

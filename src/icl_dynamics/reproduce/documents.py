@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import __version__
 from ..plots import FORMATS, check_formats
+from ..fsio import safe_dir
 from ..storage import atomic_write_json, atomic_write_text, load_run
 from ..trajectory import Trajectory
 from .figures import fig_balanced, fig_heatmaps, fig_imbalanced
@@ -247,7 +248,7 @@ def write_report(out: str | Path, results: dict[str, Any], formats=("png",)) -> 
     runs = {name: load_run(out / results["main"][name]["run_dir"]) for name in RUNS}
     phases = {name: results["main"][name]["phases"] for name in RUNS}
     fig_dir = out / "figures"
-    fig_dir.mkdir(exist_ok=True)
+    fig_dir = safe_dir(out, "figures")  # never through a planted symlink
     claims = jsonable(evaluate(results))
     paths = [*fig_balanced(runs["balanced"], phases["balanced"], fig_dir / "balanced", formats),
              *fig_imbalanced(runs["imbalanced"], phases["imbalanced"], fig_dir / "imbalanced", formats),

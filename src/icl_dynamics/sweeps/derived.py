@@ -86,7 +86,11 @@ def evaluate(expression: str, names: dict[str, float], key: str) -> float:
         value = ev(tree)
     except (ArithmeticError, ValueError, TypeError) as e:
         raise SweepError(f"derived value {where} cannot be computed here ({type(e).__name__})") from None
-    if isinstance(value, complex) or not math.isfinite(value):
+    try:
+        finite = not isinstance(value, complex) and math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
         raise SweepError(f"derived value {where} is not a finite number")
     return value
 

@@ -70,6 +70,16 @@ def _results(batches: list[Batch], keep: bool, cluster: str | None, workers: int
                 yield futures[fut], None, e
 
 
+def _part_path(rows_dir: Path, batch_id: str) -> Path:
+    """rows/<batch>.parquet, or <batch>-1.parquet, ... when something that is not a regular file (a folder,
+    a link) squats on the name: it is not ours to replace, and the rows must still be committed."""
+    p, n = rows_dir / f"{batch_id}.parquet", 0
+    while os.path.lexists(p) and (p.is_symlink() or not p.is_file()):
+        n += 1
+        p = rows_dir / f"{batch_id}-{n}.parquet"
+    return p
+
+
 def _run_batches(out: Path, spec: SweepSpec, todo: list[Batch], done: set[str], known: set[str], n_todo: int,
                  n_runs: int, cluster: str | None, workers: int, progress: bool) -> list[BaseException]:
     """Compute ``todo`` and commit each batch's rows (one atomic parquet part per batch). Returns the errors
@@ -91,7 +101,7 @@ def _run_batches(out: Path, spec: SweepSpec, todo: list[Batch], done: set[str], 
                     write_run_dir_of(out, run.config, res.trajectory, row)
                 rows.append(row)
             if rows:
-                save_parquet(out / ROWS_DIR / f"{batch.id}.parquet", table(rows))  # the commit point
+                save_parquet(_part_path(out / ROWS_DIR, batch.id), table(rows))  # the commit point
             done.update(r["config_hash"] for r in rows)
             bar.update(task, advance=len(batch.runs))
             if time.time() - last > REBUILD_EVERY_S:
@@ -114,20 +124,19 @@ def run_sweep(spec_or_path: SweepSpec | dict[str, Any] | str | Path, out: str | 
         raise SweepError(f"--workers must be >= 1, got {workers}")
     spec = load_spec(spec_or_path)
     runs = expand(spec)
-    for note in idle_axes(spec, runs):
-        print(f"icl-dynamics: warning: {note}", file=sys.stderr)
+    idle = idle_axes(spec, runs)
     batches = plan_batches(runs, spec.max_batch)
     known = {r.hash for r in runs}
     with DirLock(out):
         out = prepare_sweep_dir(out, spec)
         check_table_file(out)  # before any work: the table could not be written at the end
         rows_dir = safe_dir(out, ROWS_DIR)
-        for tmp in rows_dir.glob(".*.tmp"):  # leftovers of a write cut short by a kill
+        for tmp in rows_dir.glob(".*.parquet.*.tmp"):  # leftovers of a write cut short by a kill
             if tmp.is_symlink() or tmp.is_file():
                 tmp.unlink(missing_ok=True)
-        notes: list[str] = []
+        notes: list[str] = list(idle)
         done = {r["config_hash"] for r in read_rows(out, known, notes)}
-        for note in notes:
+        for note in notes:  # only once every refusal (spec, --out, the folder) has passed: an error stays one line
             print(f"icl-dynamics: warning: {note}", file=sys.stderr)
         todo = [b for b in batches if not all(r.hash in done for r in b.runs)]
         n_todo = sum(len(b.runs) for b in todo)

@@ -165,6 +165,9 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
         except ConfigError as e:
             shown = ", ".join(f"{k}={v!r}" for k, v in point.items())
             raise SweepError(f"{e} (grid point {shown})") from None
+        except (ArithmeticError, ValueError, TypeError) as e:  # e.g. a derived int too large for a float
+            shown = ", ".join(f"{k}={clip(v, 60)!s}" for k, v in later.items())
+            raise SweepError(f"derived value {shown} cannot be computed ({type(e).__name__})") from None
         h = cfg.hash()
         runs.setdefault(h, PlannedRun(i, cfg, h))
     return list(runs.values())

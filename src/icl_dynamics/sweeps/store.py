@@ -22,8 +22,8 @@ import yaml
 
 from ..config import RunConfig, memory_ceiling, read_yaml
 from ..errors import RunDirError, UserError
-from ..fsio import clip, file_kind, os_error, safe_dir
-from ..fsio_owned import mark_owned, prepare_owned_dir
+from ..fsio import check_path, clip, file_kind, os_error, safe_dir
+from ..fsio_owned import is_owned, mark_owned, prepare_owned_dir
 from ..storage import atomic_write_text, prepare_run_dir, save_parquet, write_config, write_run_dir
 from ..trainer import TrainResult
 from ..trajectory import from_arrays
@@ -58,7 +58,8 @@ def prepare_sweep_dir(out: str | Path, spec: SweepSpec) -> Path:
         if (key := _diff_key(old, norm)) is not None:
             raise RunDirError(f"--out '{clip(out)}' holds a different sweep (its {SPEC_FILE} differs at '{key}'); "
                               f"use a new --out, or the same spec to resume")
-        mark_owned(out, "sweep")
+        if not is_owned(out, "sweep"):  # a sweep of a version before markers
+            mark_owned(out, "sweep")
         return out
     out = prepare_owned_dir(out, "sweep", False, [])  # refuses a non-empty folder that is not ours
     atomic_write_text(out / SPEC_FILE, yaml.safe_dump(norm, sort_keys=False))
@@ -128,7 +129,7 @@ def read_rows(out: Path, known: set[str] | None = None, notes: list[str] | None 
             continue
         rows = _read_table(p)
         if rows is None:
-            notes.append(f"'{clip(p)}' is unreadable; its runs are computed again")
+            notes.append(f"'{clip(p)}' is unreadable; ignored (runs found nowhere else are computed again)")
             continue
         stray = 0
         for r in rows:
@@ -178,14 +179,24 @@ def write_run_dir_of(out: Path, cfg: RunConfig, arrays: dict[str, np.ndarray], r
 def load_sweep(out: str | Path):
     """The sweep table as a pandas DataFrame: one row per finished run, in grid order."""
     out = Path(out)
-    if not (out / SPEC_FILE).is_file():
+    check_path(out)
+    try:
+        found = (out / SPEC_FILE).is_file()
+    except OSError as e:  # a name too long: pathlib only hides "not there"
+        raise os_error(e, out, "open") from None
+    if not found:
         raise RunDirError(f"'{clip(out)}' is not a sweep directory (no {SPEC_FILE})")
-    return table(read_rows(out, _known(out))).to_pandas()
+    rows = read_rows(out)
+    known = _known(out)
+    if known is not None and any(r["config_hash"] in known for r in rows):  # else: hashed by another version
+        rows = [r for r in rows if r["config_hash"] in known]
+    return table(rows).to_pandas()
 
 
 def _known(out: Path) -> set[str] | None:
     """The config hashes of the sweep's spec (rows of other configs, planted in rows/, are not its rows);
-    None when the spec cannot be expanded here (another version): then every row counts."""
+    None when the spec cannot be expanded here. A sweep written by a version whose configs hash differently
+    matches none of them: load_sweep then keeps every row."""
     from .spec import expand
 
     try:
