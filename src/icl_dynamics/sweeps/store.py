@@ -22,7 +22,7 @@ import yaml
 
 from ..config import RunConfig, memory_ceiling, read_yaml
 from ..errors import RunDirError, UserError
-from ..fsio import check_path, clip, file_kind, os_error, safe_dir
+from ..fsio import regular_or_absent, check_path, clip, os_error, safe_dir
 from ..fsio_owned import is_owned, mark_owned, prepare_owned_dir
 from ..storage import atomic_write_text, prepare_run_dir, save_parquet, write_config, write_run_dir
 from ..trainer import TrainResult
@@ -83,16 +83,8 @@ def _parts(out: Path) -> list[Path]:
 
 def check_table_file(out: Path) -> None:
     """Refuse (one line) a sweep.parquet that is not a regular file: it could never be rewritten."""
-    p = out / TABLE_FILE
-    try:
-        st = os.lstat(p)
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise os_error(e, p, "use") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise RunDirError(f"'{clip(p)}' is a {file_kind(st.st_mode)}, not the sweep table; the sweep directory "
-                          f"is damaged (move it away; the rows in {ROWS_DIR}/ are kept)")
+    regular_or_absent(out / TABLE_FILE, "use", f", not the sweep table; the sweep directory is damaged (move it "
+                      f"away; the rows in {ROWS_DIR}/ are kept)")
 
 
 def _read_table(p: Path) -> list[dict[str, Any]] | None:
