@@ -114,3 +114,28 @@ def test_attention_is_finite_for_huge_scores():
     for iq in (False, True):
         fl, att = per_query_j(S, exact_counts(4, np.array([0.5, 0.3, 0.2]), 10**6), iq)
         assert np.all(np.isfinite(np.asarray(fl))) and np.all(np.isfinite(np.asarray(att)))
+
+
+@pytest.mark.parametrize("name", ["linear", "relu"])
+@pytest.mark.parametrize("include_query", [False, True])
+def test_linear_and_relu_attention(name, include_query):
+    """Registered variants in the attend(logits, mult, query_logit, include_query) signature: a_j = mult_j
+    phi(l_j) / n_keys with phi the identity or max(., 0) and n_keys = sum(mult) (+1 for the query's column).
+    Per token (mult = 1) summed by feature equals the regrouped call with counts as multiplicities (exactly
+    the tokens/population engines' use); relu's derivative at 0 is 1/2 (so a zero init trains)."""
+    from icl_dynamics.registry import ATTENTION
+
+    rng = np.random.default_rng(11)
+    attend = ATTENTION[name]
+    phi = (lambda x: x) if name == "linear" else (lambda x: np.maximum(x, 0.0))
+    logits, mult = rng.normal(size=(5, 4)), rng.integers(0, 4, size=(5, 4)).astype(float)
+    n = mult.sum(-1, keepdims=True) + include_query
+    a = np.asarray(attend(jnp.asarray(logits), jnp.asarray(mult), jnp.zeros(5), include_query))
+    np.testing.assert_allclose(a, mult * phi(logits) / n, rtol=1e-15)
+    feat = np.repeat(np.arange(4), 3)  # 12 tokens, 3 of each feature
+    per_token = np.asarray(attend(jnp.asarray(logits[:, feat]), jnp.ones((5, 12)), jnp.zeros(5), include_query))
+    grouped = np.asarray(attend(jnp.asarray(logits), jnp.full((5, 4), 3.0), jnp.zeros(5), include_query))
+    np.testing.assert_allclose(np.stack([per_token[:, feat == m].sum(-1) for m in range(4)], -1), grouped,
+                               rtol=1e-14, atol=1e-16)
+    g = jax.grad(lambda x: attend(x, jnp.ones(3), jnp.zeros(()), include_query).sum())(jnp.zeros(3))
+    np.testing.assert_allclose(np.asarray(g), (1.0 if name == "linear" else 0.5) / (3 + include_query), rtol=1e-15)

@@ -1,7 +1,8 @@
 """Run configuration: plain data, validated in one place (pydantic).
 
 A config comes from defaults, then an optional YAML file, then ``--set dotted.key=value`` overrides whose
-values are parsed as YAML 1.2 with limits (yamlio.py). Every problem becomes a :class:`ConfigError` whose message names the key.
+values are parsed as YAML 1.2 with limits (config_io.py, yamlio.py). Every problem becomes a
+:class:`ConfigError` whose message names the key.
 """
 
 from __future__ import annotations
@@ -9,18 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import re
-from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from . import yamlio
 from .errors import ConfigError
-from .fsio import clip
-from .yamlio import load_value
 from .registry import ATTENTION, DISTRIBUTIONS, ENGINES, OPTIMIZERS
 
 ProbsSpec = str | list[float]  # a name registered in registry.DISTRIBUTIONS, or explicit probabilities
@@ -175,7 +170,8 @@ class ModelConfig(_Strict):
     init_scale: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False, description="0: zero init (the paper); "
                               "> 0: i.i.d. N(0, init_scale^2 / d) entries from the seed (train.engine=transformer)")
     heads: int = Field(1, ge=1, le=16, description="attention heads, summed through their own W^PV; with q_only "
-                       "each head's W^PV is the paper's divided by heads; > 1: train.engine=transformer only")
+                       "each head's W^PV is the paper's divided by heads (heads = 1 is the paper); from zero "
+                       "init the heads stay equal (use init_scale > 0); > 1: train.engine=transformer only")
 
     @field_validator("attention")
     @classmethod
@@ -184,7 +180,7 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    engine: str = Field("population", description="a registered engine (registry.ENGINES): population | tokens")
+    engine: str = Field("population", description="a registered engine (registry.ENGINES): population | tokens | transformer")
     expectation: Literal["exact", "enumerate", "monte_carlo", "mean_field"] = Field(
         "exact", description="over the prompt's token counts (population engine): exact (closed form, any N) | "
         "enumerate (every count vector; small K, N) | monte_carlo | mean_field (n = N p)")
@@ -192,8 +188,8 @@ class TrainConfig(_Strict):
                                          "quadrature; None: sized from the score spread (summary.json reports "
                                          "the error estimate)")
     count_samples: int = Field(4096, ge=1, le=10**8, description="Monte Carlo count vectors, fixed for the run")
-    batch_size: int = Field(256, ge=1, le=10**7, description="prompts per step (tokens engine)")
-    eval_prompts: int = Field(512, ge=1, le=10**7, description="fixed prompts for tokens-engine metrics, per query feature")
+    batch_size: int = Field(256, ge=1, le=10**7, description="prompts per step (tokens and transformer engines)")
+    eval_prompts: int = Field(512, ge=1, le=10**7, description="fixed prompts for the tokens and transformer engines' metrics, per query feature")
     lr: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="the step size (learning rate)")
     optimizer: str = Field("gd", description="a registered optimizer (optim.py): gd | sgd_momentum | adam | adamw")
     optimizer_args: dict[str, float | bool] = Field(default_factory=dict, description="the optimizer's "
@@ -239,32 +235,7 @@ class TrainConfig(_Strict):
         return self
 
 
-MEMORY_ENV = "ICL_DYNAMICS_MAX_MEMORY"
-MEMORY_FRACTION = 0.5  # of the machine's memory, when MEMORY_ENV is not set
-WORKING_FACTOR = 4  # gradients, optimizer state and temporaries: a few copies of the declared arrays
-
-
-def memory_ceiling() -> int:
-    """Bytes a run may plan to hold: ``ICL_DYNAMICS_MAX_MEMORY`` (bytes, or with a K/M/G/T suffix), else half
-    of the machine's physical memory."""
-    raw = os.environ.get(MEMORY_ENV, "").strip()
-    if raw:
-        m = re.fullmatch(r"(\d{1,15})([KMGT]?)i?B?", raw, re.IGNORECASE)
-        if not m:
-            raise ConfigError(f"{MEMORY_ENV}='{clip(raw)}' is not a size; use bytes or a suffix, e.g. 8G")
-        return int(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
-    try:
-        return int(MEMORY_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError):  # pragma: no cover - not POSIX
-        return 8 * 2**30
-
-
-class MemoryEstimate(NamedTuple):
-    """The bytes a run will hold, and the config key of its largest array (the one to change)."""
-
-    bytes: int
-    key: str
-    what: str
+from .memory import MEMORY_ENV, MemoryEstimate, WORKING_FACTOR, memory_ceiling  # noqa: E402,F401
 
 
 class RunConfig(_Strict):
@@ -347,121 +318,7 @@ class RunConfig(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _key_path(loc: tuple) -> list[str]:
-    """The config keys in a pydantic error location, without union-branch tags ('str', 'list[float]')."""
-    keys, model = [], RunConfig
-    for part in loc:
-        if model is None or not isinstance(part, str):
-            break
-        keys.append(part)
-        field = model.model_fields.get(part)
-        if field is None:  # an unknown (extra) key: name it, stop there
-            break
-        ann = field.annotation
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    return keys
-
-
-def _format_validation_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    # union branches show up in loc as e.g. "list[float]" or "literal['a']"; they are not keys.
-    loc = ".".join(_key_path(first["loc"]))
-    msg = first["msg"].removeprefix("Value error, ")
-    if m := re.match(r"^([\w.]+): (.*)$", msg):  # a cross-field check names its own (dotted) key
-        loc, msg = f"{loc}.{m.group(1)}" if loc else m.group(1), m.group(2)
-    where = f"'{loc}'" if loc else "config"
-    if first["type"] == "extra_forbidden":
-        return f"unknown config key {where}"
-    given = first.get("input")
-    shown = "" if isinstance(given, dict) else f" (got {given!r})"
-    return f"invalid value for {where}: {msg}{shown}"
-
-
-def config_keys() -> set[str]:
-    """Every settable dotted key of a RunConfig (``data.num_features``, ..., ``seed``)."""
-    keys = set()
-    for name, field in RunConfig.model_fields.items():
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
-            keys |= {f"{name}.{k}" for k in sub.model_fields}
-        else:
-            keys.add(name)
-    return keys
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config dict -> {dotted key: value} (the inverse of :func:`set_dotted`)."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
-
-
-def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``tree['a']['b'] = value`` for ``dotted='a.b'``, creating levels as needed."""
-    keys = dotted.split(".")
-    if any(not k for k in keys):
-        raise ConfigError(f"malformed key '{dotted}'")
-    node = tree
-    for k in keys[:-1]:
-        nxt = node.setdefault(k, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"'{k}' in '{dotted}' is a value, not a section")
-        node = nxt
-    node[keys[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """Split ``'a.b=value'`` and parse the value as YAML 1.2 (yamlio: ``010`` and ``1:30`` are not numbers)."""
-    if "=" not in text:
-        raise ConfigError(f"--set expects key=value, got '{clip(text)}'")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    return key, load_value(raw, key=key)
-
-
-def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """A YAML file holding a mapping (a config, a sweep spec): a regular file of bounded size, parsed with
-    yamlio's limits. Empty gives {}."""
-    tree = yamlio.read_yaml(path, what=what)
-    if tree is None:
-        return {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{what} '{clip(path)}' must hold a mapping of keys, not {type(tree).__name__}")
-    return tree
-
-
-def validate(tree: dict[str, Any]) -> RunConfig:
-    """Validate a nested dict into a :class:`RunConfig`; raise :class:`ConfigError` naming the bad key."""
-    if not isinstance(tree, dict):
-        raise ConfigError(f"config must be a mapping, not {type(tree).__name__}")
-    try:
-        return RunConfig.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_format_validation_error(e)) from None
-    except (TypeError, ValueError, OverflowError) as e:  # pragma: no cover - pydantic wraps most
-        raise ConfigError(f"invalid config: {e}") from None
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Defaults <- YAML file <- ``--set`` overrides, validated."""
-    tree: dict[str, Any] = read_yaml(path) if path is not None else {}
-    for text in overrides:
-        key, value = parse_override(text)
-        set_dotted(tree, key, value)
-    return validate(tree)
-
-
-def with_overrides(cfg: RunConfig, dotted: dict[str, Any]) -> RunConfig:
-    """A new validated config: ``cfg`` with dotted keys replaced (used by sweeps and reproduce)."""
-    tree = cfg.to_dict()
-    if tree["data"].get("dim") == tree["data"]["num_features"] and "data.num_features" in dotted \
-            and "data.dim" not in dotted:
-        tree["data"]["dim"] = None  # keep d tied to K when only K changes
-    for key, value in dotted.items():
-        set_dotted(tree, key, value)
-    return validate(tree)
+# reading, parsing and overriding configs (config_io.py), and the memory estimate (memory.py): re-exported,
+# so callers import every config function from here
+from .config_io import (config_keys, flatten, int_keys, load_config, parse_override, read_yaml,  # noqa: E402,F401
+                        set_dotted, validate, with_overrides)

@@ -29,16 +29,23 @@ def time_to_eps(traj: Trajectory, eps: float) -> list[int | None]:
 
 
 def summarize(traj: Trajectory, eps: float, status: str = "completed", **extra: Any) -> dict[str, Any]:
-    """summary.json content. Features are 0-based here, as in every file."""
+    """summary.json content. Features are 0-based here, as in every file. Where per-feature quantities do not
+    exist (Gaussian tokens: NaN), they are null."""
+    per_feature = has_features(traj)
     return {
         "status": status,
         "final_step": int(traj.steps[-1]),
         "final_loss": float(traj.loss[-1]),
-        "final_feature_loss": [float(x) for x in traj.feature_loss[-1]],
+        "final_feature_loss": [float(x) for x in traj.feature_loss[-1]] if per_feature else None,
         "eps": eps,
-        "time_to_eps": time_to_eps(traj, eps),
+        "time_to_eps": time_to_eps(traj, eps) if per_feature else None,
         **extra,
     }
+
+
+def has_features(traj: Trajectory) -> bool:
+    """Whether the run has per-feature quantities (an engine fills them with NaN where they do not apply)."""
+    return bool(np.all(np.isfinite(traj.feature_loss)))
 
 
 def metrics_table(traj: Trajectory, probs: np.ndarray) -> pa.Table:
@@ -110,6 +117,10 @@ def sweep_row(cfg: RunConfig, traj: Trajectory, probs: np.ndarray, status: str =
     all features are, so ``time_to_eps_minor`` is then the slowest feature. Phase boundaries are
     ``<group>_phase_<name>_end`` (group: dominant | minor | balanced), the slowest feature of the group.
     """
+    if not has_features(traj):
+        return {"status": status, "diverged_at": diverged_at, "setting": "no features",
+                "final_step": int(traj.steps[-1]), "final_loss": float(traj.loss[-1]),
+                "time_to_eps_loss": first_step_below(traj.steps, traj.loss, cfg.eps)}
     phases = phases or detect_phases(traj, probs, cfg.eps, setting_name(cfg.data))
     dom = [f["feature"] for f in phases["features"] if f["group"] == "dominant"]
     minor = [f["feature"] for f in phases["features"] if f["group"] != "dominant"]

@@ -7,11 +7,16 @@ Two views of one computation:
 - :func:`predict` computes only the query column, the one entry yhat = F[d, N] depends on. The tokens engine
   differentiates this; tests check it equals the literal pass in value and gradient.
 
+The general model of the transformer engine (several heads, every entry of W^{KQ} and W^{PV} trainable):
+:func:`head_matrices` builds the blocks, :func:`literal_forward_heads` is its every-column forward pass and
+:func:`query_column` its prediction, the one the engine differentiates.
+
 Attention variants are registered functions ``attend(logits, mult, query_logit, include_query) -> mass``:
 ``logits`` (..., J) are key scores, ``mult`` (..., J) how many tokens share each score (1 for tokens,
 counts n_m for the population view), ``query_logit`` (...,) the query's score with itself. They return the
-total attention mass on each of the J entries, shape (..., J). A new variant is one function plus
-``@ATTENTION.register(name)`` (registry.py).
+total attention mass on each of the J entries, shape (..., J). Built in: ``softmax`` (the paper), ``linear``
+and ``relu`` (the scores as they are, or max(score, 0), normalised by the number of keys sum(mult), plus one
+with the query's column). A new variant is one function plus ``@ATTENTION.register(name)`` (registry.py).
 """
 
 from __future__ import annotations
@@ -41,6 +46,27 @@ def softmax_attention(logits, mult, query_logit, include_query: bool):
         z = jnp.concatenate([z, query_logit[..., None]], axis=-1)
     a = jax.nn.softmax(z, axis=-1)
     return a[..., : logits.shape[-1]]
+
+
+def _n_keys(mult, include_query: bool):
+    """The number of keys: sum of multiplicities, plus the query's column with ``include_query`` (>= 1)."""
+    n = jnp.sum(mult, axis=-1, keepdims=True) + (1.0 if include_query else 0.0)
+    return jnp.maximum(n, 1.0)
+
+
+@ATTENTION.register("linear")
+def linear_attention(logits, mult, query_logit, include_query: bool):
+    """a_j = mult_j l_j / n_keys: the scores as they are, normalised by the number of keys (N, or N + 1 with
+    the query's column), as in the linear-attention literature (Zhang, Frei & Bartlett 2023; von Oswald et al.
+    2023). Masses can be negative and need not sum to 1."""
+    return mult * logits / _n_keys(mult, include_query)
+
+
+@ATTENTION.register("relu")
+def relu_attention(logits, mult, query_logit, include_query: bool):
+    """a_j = mult_j max(l_j, 0) / n_keys. At l_j = 0 its derivative is taken as 1/2 (jnp.maximum's), so a
+    zero initialisation still trains (all scores start at 0)."""
+    return mult * jnp.maximum(logits, 0.0) / _n_keys(mult, include_query)
 
 
 def block_matrices(Q: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -83,3 +109,56 @@ def predict(E: jnp.ndarray, Q: jnp.ndarray, include_query: bool = False, attenti
     d = Q.shape[0]
     a = query_attention(E[:, :d, :], Q, include_query, attention)
     return jnp.einsum("bi,bi->b", E[:, d, :-1], a)
+
+
+# --- the general model: multi-head, every entry of W^{KQ} and W^{PV} (the transformer engine) ---------------
+
+
+def paper_value(d: int, heads: int = 1, dtype=jnp.float64) -> jnp.ndarray:
+    """Each head's fixed W^{PV} under params=q_only: the paper's [[0, 0], [0, 1]] divided by ``heads``, so the
+    heads' sum is the paper's (heads = 1 is the paper). (heads, d+1, d+1)."""
+    return jnp.zeros((heads, d + 1, d + 1), dtype).at[:, d, d].set(1.0 / heads)
+
+
+def head_matrices(params: dict, d: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(W^{KQ}, W^{PV}), each (heads, d+1, d+1), from the transformer engine's parameters: {"Q": (heads, d, d)}
+    (params=q_only: W^{KQ} = [[Q, 0], [0, 0]], W^{PV} = :func:`paper_value`) or {"W_KQ", "W_PV"} (full)."""
+    if "Q" in params:
+        Q = params["Q"]
+        w_kq = jnp.zeros((Q.shape[0], d + 1, d + 1), Q.dtype).at[:, :d, :d].set(Q)
+        return w_kq, paper_value(d, Q.shape[0], Q.dtype)
+    return params["W_KQ"], params["W_PV"]
+
+
+def literal_forward_heads(E: jnp.ndarray, w_kq: jnp.ndarray, w_pv: jnp.ndarray, include_query: bool = False,
+                          attention: str = "softmax") -> jnp.ndarray:
+    """F(E) = E + sum_h W^{PV}_h E_keys attend(E_keys^T W^{KQ}_h E) (B, d+1, N+1), every column: E (B, d+1, N+1),
+    w_kq, w_pv (heads, d+1, d+1). Each column's attention runs over the N prompt columns (keys), or all N+1
+    with ``include_query``. The reference for :func:`query_column`."""
+    n_keys = E.shape[-1] if include_query else E.shape[-1] - 1
+    keys = E[..., :n_keys]
+    logits = jnp.einsum("bki,hkl,blj->bhji", keys, w_kq, E)  # [b, h, query column j, key i]
+    a = ATTENTION[attention](logits, jnp.ones_like(logits), jnp.zeros(logits.shape[:-1], logits.dtype), False)
+    return E + jnp.einsum("hkl,bli,bhji->bkj", w_pv, keys, a)
+
+
+def query_column(T: jnp.ndarray, w_kq: jnp.ndarray, w_pv: jnp.ndarray, include_query: bool = False,
+                 attention: str = "softmax") -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The prediction yhat = F[d, N] and the query column's attention, without the other N columns of F (a
+    one-layer model's prediction does not depend on them): T (B, N+1, d+1) the embedded tokens e_i = (x_i, y_i)
+    with the query last and its label 0. Returns yhat (B,) and a (B, heads, J), J = N keys (N+1 with
+    ``include_query``, the query's own column last). Same arithmetic as :func:`literal_forward_heads`'s last
+    column; the query's column is one more key, so any registered attention sees N+1 keys."""
+    d = T.shape[-1] - 1
+    keys = T if include_query else T[:, :-1]
+    k = jnp.einsum("hlm,bm->bhl", w_kq, T[:, -1])  # W^{KQ}_h e_q
+    logits = jnp.einsum("bil,bhl->bhi", keys, k)  # e_i^T W^{KQ}_h e_q
+    a = ATTENTION[attention](logits, jnp.ones_like(logits), jnp.zeros(logits.shape[:-1], logits.dtype), False)
+    v = jnp.einsum("hl,bil->bhi", w_pv[:, d, :], keys)  # row d of W^{PV}_h e_i
+    return jnp.sum(a * v, axis=(-2, -1)), a
+
+
+def embed_tokens(X: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+    """Token-major embedding: X (B, N+1, d), y (B, N) -> (B, N+1, d+1), rows e_i = (x_i, y_i), e_q = (x_q, 0)."""
+    lab = jnp.concatenate([y, jnp.zeros((*y.shape[:-1], 1), y.dtype)], axis=-1)
+    return jnp.concatenate([X, lab[..., None]], axis=-1)

@@ -44,7 +44,7 @@ from .errors import ConfigError, RunDirError
 from .fsio import atomic_write_bytes, check_path, clip, os_error
 from .fsio_npz import load_npz_checked
 from .fsio_owned import prepare_owned_dir
-from .measures import metrics_table, summarize
+from .measures import has_features, metrics_table, summarize
 from .phases import detect_phases
 from .trainer import TrainResult
 from .trajectory import Trajectory, expected_shapes, from_arrays, to_arrays
@@ -196,6 +196,9 @@ def write_run_dir(out: Path, cfg: RunConfig, result: TrainResult, started: float
 
         save_npz(out / "params.npz", {f"param_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(result.params))})
     save_parquet(out / "metrics.parquet", metrics_table(traj, probs))
+    if not has_features(traj):  # Gaussian tokens: no features, hence no phases
+        phases = {"setting": "no features", "eps": cfg.eps, "features": [],
+                  "note": "per-feature quantities and phases do not apply to these tokens (data.tokens)"}
     atomic_write_json(out / "phases.json", phases or detect_phases(traj, probs, cfg.eps, setting_name(cfg.data)))
     atomic_write_json(out / "manifest.json", manifest(cfg, started, time.time(), **manifest_extra))
     extra = {"diverged_at": result.diverged_at} if result.status == "diverged" else {}

@@ -23,6 +23,11 @@ def phases(args) -> int:
     eps = run.config.eps if args.eps is None else args.eps
     if not 0 < eps < 1:
         raise UserError(f"--eps must be in (0, 1), got {eps}")
+    from ..measures import has_features
+
+    if not has_features(run.trajectory):
+        raise UserError(f"run '{run.path}' has no per-feature quantities (data.tokens={run.config.data.tokens}): "
+                        f"phases do not apply")
     if run.config.train.method == "flow":  # boundaries from the solver's events, at this eps
         from ..engines import build_engine
         from ..flow import run_flow

@@ -101,4 +101,4 @@ def rng_key_of(engine: Engine) -> np.ndarray:
     return np.asarray(key)
 
 
-from . import population, tokens  # noqa: E402,F401  (built-in registrations)
+from . import population, tokens, transformer  # noqa: E402,F401  (built-in registrations)

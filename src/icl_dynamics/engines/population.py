@@ -9,6 +9,13 @@ in closed form. The expectation over prompt-token counts is ``train.expectation`
 - ``monte_carlo``: a table of sampled count vectors; ``mean_field``: the single vector n = N p.
 The cost depends on K and the table size or quadrature nodes, never on d.
 
+Relaxations with closed forms (spec section 8), each off by default (then the code path is the paper's):
+``data.features`` other than orthonormal (G = V^T V of the V every engine draws from the seed: the update is
+scores <- scores - lr G g G), ``data.task_cov`` (H = V^T Sigma_w V) and ``data.label_noise`` (sigma^2). The
+per-feature loss becomes 1/2 E[(A - e_k)^T H (A - e_k) + sigma^2 sum_i a_i^2] with H = G when w is
+isotropic; the closed form passes H and sigma^2 to closed_form.stats_kernel, the table paths take the
+generic path below.
+
 Two implementations of one formula:
 
 - :func:`per_query` / :func:`population_loss`: the generic path through the attention registry, with
@@ -27,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..config import RunConfig
-from ..data import CountTable, count_table, exact_table_size, feature_probs, seed_key
+from ..data import CountTable, count_table, exact_table_size, feature_probs, features_of, gram_of, seed_key, task_gram
 from ..registry import ATTENTION, ENGINES
 from . import Engine, EngineSpec, Metrics, training
 from . import closed_form as cf
@@ -46,21 +53,32 @@ class PopStatic(NamedTuple):
     expectation: str = "enumerate"
     nodes: int = 0  # quadrature nodes (exact)
     groups: cf.Classes | None = None  # classes of equal probability (exact)
+    gram: bool = False  # non-orthonormal features: the update is G g G (consts.G)
+    cov: bool = False  # a (K, K) loss matrix H (consts.H): non-orthonormal features or a task covariance
+    noise: bool = False  # label noise (consts.sigma2)
 
 
 class PopConsts(NamedTuple):
     probs: jnp.ndarray  # (K,)
     table: CountTable | None  # counts (M, K), weights (M,); None for exact
     law: cf.PromptLaw | None = None  # the prompt length's law; exact only
+    G: jnp.ndarray | None = None  # (K, K) V^T V (static.gram)
+    H: jnp.ndarray | None = None  # (K, K) V^T Sigma_w V (static.cov)
+    sigma2: jnp.ndarray | None = None  # () label-noise variance (static.noise)
 
 
-def per_query(scores: jnp.ndarray, table: CountTable, include_query: bool, attention: str = "softmax"):
+def per_query(scores: jnp.ndarray, table: CountTable, include_query: bool, attention: str = "softmax",
+              H: jnp.ndarray | None = None, sigma2: jnp.ndarray | None = None):
     """feature_loss (K,) and attention (K, K) for every query feature.
 
     For query k and counts n, a_m = n_m e^{s[k,m]} / sum_j n_j e^{s[k,j]} and the w-averaged squared error
-    is f = (1 - a_k)^2 + sum_{m != k} a_m^2; feature_loss[k] = 1/2 E_counts[f].
+    is f = (1 - a_k)^2 + sum_{m != k} a_m^2; feature_loss[k] = 1/2 E_counts[f]. With a loss matrix H (spec
+    section 8) f = (a - e_k)^T H (a - e_k), and label noise adds sigma2 sum_i a_i^2 = sigma2 sum_m a_m^2 / n_m
+    (the n_m tokens of feature m share its mass equally).
     """
     K = scores.shape[0]
+    if H is not None or sigma2 is not None:
+        return _per_query_relaxed(scores, table, include_query, attention, H, sigma2)
 
     def one(k, row):
         logits = jnp.broadcast_to(row, table.counts.shape)
@@ -73,8 +91,25 @@ def per_query(scores: jnp.ndarray, table: CountTable, include_query: bool, atten
     return jax.vmap(one)(jnp.arange(K), scores)
 
 
-def population_loss(scores, probs, table, include_query=False, attention="softmax"):
-    feature_loss, _ = per_query(scores, table, include_query, attention)
+def _per_query_relaxed(scores, table: CountTable, include_query: bool, attention: str, H, sigma2):
+    K = scores.shape[0]
+    n = table.counts
+    inv_n = jnp.where(n > 0, 1.0 / jnp.where(n > 0, n, 1.0), 0.0)
+
+    def one(k, row):
+        logits = jnp.broadcast_to(row, n.shape)
+        a = ATTENTION[attention](logits, n, jnp.broadcast_to(row[k], table.weights.shape), include_query)
+        r = a - jax.nn.one_hot(k, K, dtype=a.dtype)
+        f = jnp.sum(r * r, -1) if H is None else jnp.einsum("mi,ij,mj->m", r, H, r)
+        if sigma2 is not None:
+            f = f + sigma2 * jnp.sum(a * a * inv_n, -1)
+        return 0.5 * table.weights @ f, table.weights @ a
+
+    return jax.vmap(one)(jnp.arange(K), scores)
+
+
+def population_loss(scores, probs, table, include_query=False, attention="softmax", H=None, sigma2=None):
+    feature_loss, _ = per_query(scores, table, include_query, attention, H, sigma2)
     return probs @ feature_loss
 
 
@@ -122,26 +157,46 @@ def _all_vmap(axis_size, in_batched, pred):
     return jnp.all(pred), False
 
 
+def _relaxed(static: PopStatic) -> bool:
+    return static.cov or static.noise
+
+
 def _matrix_path_ok(static: PopStatic, scores) -> jnp.ndarray:
-    if static.attention != "softmax":
+    if static.attention != "softmax" or _relaxed(static):
         return jnp.asarray(False)
     spread = jnp.max(jnp.max(scores, axis=1) - jnp.min(scores, axis=1))
     return _all(spread <= SPREAD_MAX)
 
 
 def _closed_form(static: PopStatic, c: PopConsts, scores) -> cf.Stats:
+    if _relaxed(static):
+        return cf.stats_kernel(scores, c.probs, c.law, c.H if static.cov else None,
+                               c.sigma2 if static.noise else 0.0, include_query=static.include_query,
+                               nodes=static.nodes, groups=static.groups)
     return cf.stats_kernel(scores, c.probs, c.law, include_query=static.include_query, nodes=static.nodes,
                            groups=static.groups)
 
 
+def _loss_terms(static: PopStatic, c: PopConsts):
+    """(H, sigma2) for the generic path: None where the relaxation is off."""
+    return (c.H if static.cov else None), (c.sigma2 if static.noise else None)
+
+
 def grad(static: PopStatic, c: PopConsts, scores, step):
-    """dL/dscores (K, K): GD on Q from 0 is exactly GD on scores (spec section 5)."""
+    """The step direction in scores coordinates: dL/dscores (K, K), or G dL/dscores G for non-orthonormal
+    features. GD on Q from 0 is exactly GD on scores with it (spec sections 5 and 8)."""
+    g = _grad(static, c, scores)
+    return c.G @ g @ c.G if static.gram else g
+
+
+def _grad(static: PopStatic, c: PopConsts, scores):
     if static.expectation == "exact":
         return _closed_form(static, c, scores).grad
     def generic(s):
-        return jax.grad(population_loss)(s, c.probs, c.table, static.include_query, static.attention)
+        return jax.grad(population_loss)(s, c.probs, c.table, static.include_query, static.attention,
+                                         *_loss_terms(static, c))
 
-    if static.attention != "softmax":
+    if static.attention != "softmax" or _relaxed(static):
         return generic(scores)
     return jax.lax.cond(_matrix_path_ok(static, scores),
                         lambda s: softmax_stats(s, c.probs, c.table, static.include_query)[0], generic, scores)
@@ -149,11 +204,11 @@ def grad(static: PopStatic, c: PopConsts, scores, step):
 
 def observe(static: PopStatic, c: PopConsts, scores) -> Metrics:
     def generic(s):
-        return per_query(s, c.table, static.include_query, static.attention)
+        return per_query(s, c.table, static.include_query, static.attention, *_loss_terms(static, c))
 
     if static.expectation == "exact":
         _, feature_loss, attention = _closed_form(static, c, scores)
-    elif static.attention != "softmax":
+    elif static.attention != "softmax" or _relaxed(static):
         feature_loss, attention = generic(scores)
     else:
         feature_loss, attention = jax.lax.cond(
@@ -185,19 +240,37 @@ def quadrature_nodes(cfg: RunConfig) -> int:
                            cfg.model.include_query_in_softmax, margin=SPREAD_MARGIN)
 
 
+def relaxations(cfg: RunConfig) -> tuple[dict, dict]:
+    """The static flags and consts of the relaxations that are on ({} and {} for the paper's data). G is
+    V^T V of the V that every engine draws from the seed (data.features_of)."""
+    d = cfg.data
+    G = gram_of(d, features_of(d, cfg.seed)) if d.features != "orthonormal" else None
+    H = task_gram(d, G)
+    H = G if H is None else H
+    flags, consts = {}, {}
+    if G is not None:
+        flags["gram"], consts["G"] = True, G
+    if H is not None:
+        flags["cov"], consts["H"] = True, H
+    if d.label_noise > 0:
+        flags["noise"], consts["sigma2"] = True, jnp.asarray(d.label_noise**2, jnp.float64)
+    return flags, consts
+
+
 def build(cfg: RunConfig) -> Engine:
     d, t = cfg.data, cfg.train
     probs = feature_probs(d)
     K = d.num_features
+    flags, extra = relaxations(cfg)
     if t.expectation == "exact":
-        consts = PopConsts(jnp.asarray(probs), None, prompt_law(cfg).as_f64())
+        consts = PopConsts(jnp.asarray(probs), None, prompt_law(cfg).as_f64(), **extra)
         static = PopStatic(cfg.model.include_query_in_softmax, cfg.model.attention, "exact",
-                           quadrature_nodes(cfg), cf.classes(probs))
+                           quadrature_nodes(cfg), cf.classes(probs), **flags)
     else:
         table = count_table(t.expectation, d.prompt_length, probs, key=seed_key(cfg.seed, "counts"),
                             samples=t.count_samples, max_exact=t.max_exact_table)
-        consts = PopConsts(jnp.asarray(probs), table)
-        static = PopStatic(cfg.model.include_query_in_softmax, cfg.model.attention, t.expectation)
+        consts = PopConsts(jnp.asarray(probs), table, **extra)
+        static = PopStatic(cfg.model.include_query_in_softmax, cfg.model.attention, t.expectation, **flags)
     return Engine("population", static, consts, jnp.zeros((K, K), jnp.float64), grad, observe, *training(cfg))
 
 
@@ -206,12 +279,14 @@ def shape_key(cfg: RunConfig) -> tuple:
     an enumerated table's size depends on N (and on which count vectors have non-zero probability, which
     the sweep worker checks); the closed form's node count and prompt-length law kind are static."""
     d, t = cfg.data, cfg.train
+    on = (d.features != "orthonormal", d.task_cov != "identity", d.label_noise > 0)
+    relaxed = (("relaxations", *on),) if any(on) else ()  # the paper's data keeps its key
     if t.expectation == "exact":
         law = prompt_law(cfg)
         return (d.num_features, "exact", quadrature_nodes(cfg), law.kind, law.size,
-                cf.classes(feature_probs(d)))
+                cf.classes(feature_probs(d)), *relaxed)
     size = {"enumerate": ("N", d.prompt_length), "monte_carlo": ("M", t.count_samples), "mean_field": ()}
-    return (d.num_features, t.expectation, size[t.expectation])
+    return (d.num_features, t.expectation, size[t.expectation], *relaxed)
 
 
 def sizes(cfg: RunConfig) -> list[tuple[str, str, int]]:
@@ -237,9 +312,34 @@ def report(engine: Engine, params) -> dict:
     scores = np.asarray(params)
     law = c.law
     spread = float(np.max(np.max(scores, 1) - np.min(scores, 1)))
+    H = np.asarray(c.H) if st.cov else None
+    sigma2 = float(c.sigma2) if st.noise else 0.0
     return {"expectation": "exact", "quadrature_nodes": st.nodes,
             "spread_covered": cf.spread_limit(st.nodes, law, st.include_query), "final_spread": spread,
-            "quadrature_error": cf.quadrature_error(scores, np.asarray(c.probs), law, st.include_query, st.nodes)}
+            "quadrature_error": cf.quadrature_error(scores, np.asarray(c.probs), law, st.include_query, st.nodes,
+                                                    H, sigma2)}
 
 
-ENGINES.register("population")(EngineSpec(build, shape_key, sizes, report=report))
+def ignored(cfg: RunConfig) -> set[str]:
+    """Keys that cannot change this engine's result: the tokens engine's sampling knobs, d (the dynamics live
+    in the K x K scores), the knobs of the other expectations, N under mean field (n = N p: it cancels from
+    every attention mass) and the seed where nothing is random."""
+    t = cfg.train
+    # random_unit features: G = V^T V depends on d and on the seed (orthonormal and gram features: G is fixed)
+    random_features = cfg.data.features == "random_unit"
+    out = {"train.batch_size", "train.eval_prompts"} | (set() if random_features else {"data.dim"})
+    out |= {"train.count_samples"} if t.expectation != "monte_carlo" else set()
+    out |= {"train.quadrature_nodes"} if t.expectation != "exact" else set()
+    out |= {"train.max_exact_table"} if t.expectation != "enumerate" else set()
+    out |= {"data.prompt_length"} if t.expectation == "mean_field" else set()
+    out |= {"seed"} if t.expectation != "monte_carlo" and not random_features else set()
+    return out
+
+
+def general(engine: Engine) -> Engine:
+    """Without the exact path's class grouping, which assumes parameters symmetric within classes."""
+    return engine._replace(static=engine.static._replace(groups=None))
+
+
+ENGINES.register("population")(EngineSpec(build, shape_key, sizes, report=report, ignored=ignored, general=general))
+
