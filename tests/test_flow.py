@@ -26,7 +26,9 @@ def test_gd_phase_times_times_lr_converge_to_the_flow_event_times():
     _, phases, stats = run_flow(build_engine(cfg), cfg)
     flow_dom = phases["features"][0]["phases"][0]["time"]
     flow_minor = phases["features"][1]["phases"][3]["time"]
-    assert stats["function_evaluations"] < 600  # fewer evaluations than GD steps at lr = 1 already
+    # every gradient evaluation (trajectory and event solves) against GD's 6000 steps to t = 600 at lr = 0.1:
+    # at least 5x fewer (benchmarks/exact.py measures 16x in the default setting)
+    assert stats["function_evaluations"] * 5 < 6000, stats
     errors = []
     for lr in (1.0, 0.5, 0.25):
         c = load_config(None, [*BASE, f"train.lr={lr}", f"train.steps={int(600 / lr)}", "train.log_every=1"])
