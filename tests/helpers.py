@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 
 def compositions(N: int, K: int):
@@ -113,3 +114,12 @@ def gd(p, N, lr, steps, include_query=False):
         if t < steps:
             s = s - lr * grad(s, np.asarray(p), counts, weights, include_query)
     return np.array(L), np.array(FL), np.array(S)
+
+
+def one_line(err: pytest.ExceptionInfo[BaseException], *names: str) -> str:
+    """The message of ``err``, checked to be one short line that names each of ``names``."""
+    msg = str(err.value)
+    assert "\n" not in msg and len(msg) < 300, f"not one short line: {msg[:400]!r}"
+    for name in names:
+        assert name in msg, f"{name!r} missing from {msg!r}"
+    return msg

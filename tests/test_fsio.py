@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from helpers import one_line
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,15 +28,6 @@ from icl_dynamics.fsio import (LOCK_NAME, MAX_NAME, DirLock, atomic_write_bytes,
                                safe_dir, sanitize_name)
 from icl_dynamics.fsio_owned import prepare_owned_dir
 from icl_dynamics.storage import atomic_write_text
-
-
-def one_line(err: pytest.ExceptionInfo[BaseException], *names: str) -> str:
-    """The message of ``err``, checked to be one short line that names each of ``names``."""
-    msg = str(err.value)
-    assert "\n" not in msg and len(msg) < 300, f"not one short line: {msg[:400]!r}"
-    for name in names:
-        assert name in msg, f"{name!r} missing from {msg!r}"
-    return msg
 
 
 def temps(folder: Path) -> list[str]:

@@ -14,17 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import one_line
+
 from icl_dynamics.errors import RunDirError
 from icl_dynamics.fsio_npz import load_npz_checked
-
-
-def one_line(err: pytest.ExceptionInfo[BaseException], *names: str) -> str:
-    """The message of ``err``, checked to be one short line that names each of ``names``."""
-    msg = str(err.value)
-    assert "\n" not in msg and len(msg) < 300, f"not one short line: {msg[:400]!r}"
-    for name in names:
-        assert name in msg, f"{name!r} missing from {msg!r}"
-    return msg
 
 
 EXPECT = {"steps": ((None,), "iu"), "scores": ((None, 3), "f")}

@@ -8,17 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import one_line
+
 from icl_dynamics.errors import RunDirError
 from icl_dynamics.fsio_owned import MARKER, is_owned, mark_owned, marker_kind, prepare_owned_dir
-
-
-def one_line(err: pytest.ExceptionInfo[BaseException], *names: str) -> str:
-    """The message of ``err``, checked to be one short line that names each of ``names``."""
-    msg = str(err.value)
-    assert "\n" not in msg and len(msg) < 300, f"not one short line: {msg[:400]!r}"
-    for name in names:
-        assert name in msg, f"{name!r} missing from {msg!r}"
-    return msg
 
 
 def test_overwrite_never_deletes_a_users_folder(tmp_path: Path) -> None:

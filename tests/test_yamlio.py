@@ -12,6 +12,8 @@ import threading
 import time
 
 import pytest
+
+from helpers import one_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,15 +22,6 @@ from icl_dynamics.errors import ConfigError
 from icl_dynamics.yamlio import MAX_ALIASES, MAX_BYTES, MAX_DEPTH, MAX_NODES, load_value, load_yaml, read_text
 
 LOADERS = [yamlio.StrictLoader] + ([yamlio.FastStrictLoader] if yamlio.CParser is not None else [])
-
-
-def one_line(err: pytest.ExceptionInfo[BaseException], *names: str) -> str:
-    """The message of ``err``, checked to be one short line that names each of ``names``."""
-    msg = str(err.value)
-    assert "\n" not in msg and len(msg) < 300, f"not one short line: {msg[:400]!r}"
-    for name in names:
-        assert name in msg, f"{name!r} missing from {msg!r}"
-    return msg
 
 
 @pytest.fixture(params=LOADERS, ids=lambda c: c.__name__)
