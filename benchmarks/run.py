@@ -23,12 +23,12 @@ from rich.table import Table
 from icl_dynamics.progress import progress_bar
 from icl_dynamics.storage import atomic_write_json
 
-from . import accuracy, exact, fastpaths, growth, peer_bench, sweep_bench
+from . import accuracy, exact, fastpaths, growth, peer_bench, sweep_bench, transformer_peer
 from .common import machine
 
 # in this order: later sections reuse code the earlier ones compiled (the default population engine); exact
 # reuses accuracy's tokens fit and clears JAX's caches to time compilations, so it comes last
-SECTIONS = {m.NAME: m for m in (fastpaths, accuracy, peer_bench, growth, sweep_bench, exact)}
+SECTIONS = {m.NAME: m for m in (fastpaths, accuracy, peer_bench, transformer_peer, growth, sweep_bench, exact)}
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 

@@ -117,6 +117,40 @@ def test_torch_peer_computes_our_loss_and_gradient():
         np.testing.assert_allclose(peer.Q.grad.numpy(), np.asarray(grad), atol=1e-12)
 
 
+def test_transformer_torch_peer_computes_our_loss_and_gradient():
+    """Both transformer peers (query column, literal full attention matrix) give the transformer engine's loss
+    and gradient in W^{KQ} and W^{PV} (model.params=full) on one batch of our engine's prompts, at random
+    parameters (float64, sums of ~B N terms: 1e-12); so do the section's two benchmark-only rewrites."""
+    torch = pytest.importorskip("torch")
+    from benchmarks import torch_transformer_peer, transformer_peer
+    from icl_dynamics.data import sample_batch
+    from icl_dynamics.engines import transformer as TF
+
+    e = build_engine(cfg(train__engine="transformer", model__params="full", data__num_features=4,
+                         data__prompt_length=9, train__batch_size=6))
+    st, c = e.static, e.consts
+    rng = np.random.default_rng(3)
+    with jax.enable_x64(True):
+        params = {n: jnp.asarray(rng.normal(size=(1, 5, 5))) for n in ("W_KQ", "W_PV")}
+        b = sample_batch(jax.random.fold_in(c.key, 2), c.data, st.flags, 6, 9)
+        loss, grad = jax.value_and_grad(TF.batch_loss)(params, st, c, b)
+        for g in (jax.grad(transformer_peer._unembedded_loss)(params, b.X, b.y, b.w),
+                  jax.grad(transformer_peer._factored_loss)(params, c.data.V, b.feat, b.y, b.w)):
+            for n in grad:
+                np.testing.assert_allclose(np.asarray(g[n]), np.asarray(grad[n]), rtol=0, atol=1e-12)
+    assert float(loss) > 1e-3  # a batch with something to fit
+    batch = [torch.tensor(np.asarray(a)) for a in (b.X, b.y, b.w)]
+    for literal in (False, True):
+        peer = torch_transformer_peer.Peer(np.asarray(c.data.probs), np.asarray(c.data.V), 9, 6, 1.0,
+                                           np.asarray(params["W_KQ"][0]), np.asarray(params["W_PV"][0]),
+                                           literal=literal)
+        lt = peer.loss(*batch)
+        lt.backward()
+        assert abs(lt.item() - float(loss)) < 1e-12
+        np.testing.assert_allclose(peer.W_KQ.grad.numpy(), np.asarray(grad["W_KQ"][0]), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(peer.W_PV.grad.numpy(), np.asarray(grad["W_PV"][0]), rtol=0, atol=1e-12)
+
+
 def test_sweep_section_compares_train_batched_with_train():
     """The sweep section's two sides run the same configs on the package's paths: equal losses to
     round-off (1e-12 absolute on O(1) losses), and nothing compiles while timed (tolerance 0)."""
