@@ -122,6 +122,9 @@ BAD_VALUES: dict[str, st.SearchStrategy] = {
     "train.max_exact_table": _pos_int_bad,
     "train.checkpoint_every": _opt_pos_int_bad,
     "eps": _outside(0.0, 1.0),
+    "eval": st.one_of(st.dictionaries(st.sampled_from(["data.num_features", "data.dim", "train.lr", "seed", "x"]),
+                                      st.integers(1, 4), min_size=1, max_size=2),
+                      st.integers(), st.text(max_size=4), st.lists(st.integers(), max_size=2)),
     "seed": st.one_of(_non_int, st.none(), st.integers(max_value=-1), st.integers(min_value=2**63)),
 }
 SECTIONS = {name: set(f.annotation.model_fields) for name, f in RunConfig.model_fields.items()

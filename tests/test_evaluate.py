@@ -60,3 +60,39 @@ def test_bad_evaluations_are_one_line(run_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(bare)]) == 2
     assert "has no params.npz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine_args", [
+    [],  # population: the logged scores are the parameters
+    ["--set", "train.engine=tokens", "--set", "data.dim=5", "--set", "train.batch_size=32",
+     "--set", "train.eval_prompts=64"],  # tokens, d > K: Q rebuilt from the logged scores (V A V^T)
+])
+def test_eval_block_logs_the_curves_evaluate_gives_at_the_end(engine_args, tmp_path, capsys):
+    """train's eval: block evaluates every logged row on another distribution; its last row equals
+    ``evaluate`` of the saved final parameters on that distribution (two routes to the same numbers: the
+    parameters rebuilt from the log against params.npz), to 1e-10."""
+    out = tmp_path / "run"
+    assert main(["train", *TRAIN, *engine_args, "--set", "eval={data.probs: balanced, data.prompt_length: 9}",
+                 "--out", str(out)]) == 0
+    with np.load(out / "eval_trajectory.npz") as z:
+        ev_loss, ev_fl, steps = z["loss"], z["feature_loss"], z["steps"]
+    assert np.array_equal(steps, load_run(out).trajectory.steps)
+    assert main(["evaluate", str(out), "--set", "data.probs=balanced", "--set", "data.prompt_length=9",
+                 "--out", str(tmp_path / "e.json")]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert abs(ev_loss[-1] - res["loss"]) < 1e-10
+    np.testing.assert_allclose(ev_fl[-1], res["feature_loss"], rtol=0, atol=1e-10)
+    summary = json.loads((out / "summary.json").read_text())
+    assert abs(summary["engine"]["eval"]["final_loss"] - res["loss"]) < 1e-10
+
+
+@pytest.mark.parametrize("sets, words", [(["eval={data.num_features: 4}"], "cannot change"),
+                                         (["eval={train.lr: 2}"], "cannot change"),
+                                         (["eval={data.probs: balanced}", "train.engine=transformer"], "evaluate")])
+def test_bad_eval_blocks_are_one_line(sets, words, tmp_path, capsys):
+    argv = ["train", "--out", str(tmp_path / "r")]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'eval'" in err[0] and words in err[0] and not (tmp_path / "r").exists()

@@ -244,6 +244,22 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eps: float = Field(1e-2, gt=0.0, lt=1.0, description="the target per-feature loss (phases, time to eps)")
     seed: int = Field(0, ge=0, lt=2**63, description="determines every random draw of the run")
+    eval: dict[str, Any] = Field(default_factory=dict, description="out-of-distribution curves logged beside "
+                                 "the run's own: data keys to change, e.g. {data.probs: balanced} "
+                                 "(eval_trajectory.npz; population and tokens engines)")
+
+    @model_validator(mode="after")
+    def _eval_block(self) -> RunConfig:
+        if not self.eval:
+            return self
+        bad = [k for k in self.eval if not str(k).startswith("data.") or k in ("data.num_features", "data.dim")]
+        if bad:
+            raise ValueError(f"eval: '{str(bad[0])[:60]}' cannot change; the eval block takes data keys other than "
+                             f"data.num_features and data.dim (the parameters' shapes)")
+        if self.train.engine == "transformer":
+            raise ValueError("eval: the transformer engine's parameters are not in its log; evaluate its final "
+                             "parameters with 'icl-dynamics evaluate RUN_DIR --set ...'")
+        return self
 
     @model_validator(mode="after")
     def _flow_needs_population(self) -> RunConfig:

@@ -44,3 +44,22 @@ def evaluate_run(run_dir: str | Path, overrides: dict[str, Any]) -> dict[str, An
         out["feature_loss"] = [float(x) for x in fl]
         out["attention"] = [[float(x) for x in row] for row in np.asarray(m.attention)]
     return out
+
+
+def eval_trajectory(cfg, engine, traj):
+    """The run's logged rows evaluated again on ``cfg.eval``'s distribution (the ``eval:`` block): the same
+    steps, the eval distribution's loss, feature_loss and attention; scores as logged. None when the engine
+    cannot recover its parameters from the log."""
+    from .engines import engine_spec
+    from .trajectory import Metrics, stack_rows
+
+    if not cfg.eval:
+        return None
+    spec = engine_spec(cfg.train.engine)
+    other = spec.general(build_engine(with_overrides(cfg, dict(cfg.eval))))
+    with jax.enable_x64(True):
+        def one(scores):
+            return other.observe(other.static, other.consts, spec.from_scores(engine, scores))
+
+        rows = jax.device_get(jax.jit(jax.vmap(one))(jax.numpy.asarray(traj.scores)))
+    return stack_rows([traj.steps], [Metrics(*(np.asarray(x) for x in rows))])

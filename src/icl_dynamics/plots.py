@@ -126,6 +126,12 @@ def plot_feature_loss(ax, run: Run, eps: float) -> None:
     for k in dom:
         ax.plot(x, t.feature_loss[:, k], color=DOMINANT, lw=1.6, label=f"dominant feature {k + 1}")
     ax.plot(x, t.loss, color="k", lw=1.0, ls="--", label="loss $L$")
+    from .storage import load_eval_trajectory
+
+    ev = load_eval_trajectory(run.path, len(run.probs))
+    if ev is not None:  # the eval: block's distribution, beside the training one
+        changes = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in run.config.eval.items())
+        ax.plot(x_of(ev.steps), ev.loss, color="tab:purple", lw=1.2, ls="-.", label=f"loss $L$ on {changes}")
     ax.axhline(eps, color=style.THEORY, ls=":", lw=1.0, label=rf"$\epsilon$ = {eps:g}")
     ax.set_yscale("log")
     ax.set_ylabel(r"feature loss $L_k$")

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint
-from .config import RunConfig
+from .config import RunConfig, with_overrides
+from .data import feature_probs
 from .engines import build_engine, engine_spec
 from .errors import Interrupted, RunDirError, StorageError
 from .fsio import DirLock, clip
 from .storage import (atomic_write_json, check_run_dir, is_finished, load_config_file, prepare_run_dir,
-                      remove_stale_temps, run_status, write_config, write_run_dir)
+                      remove_stale_temps, run_status, save_npz, write_config, write_run_dir)
 from .schedule import stop_rule
 from .trainer import TrainResult, TrainState, fault_step_from_env, log_schedule, train
 
@@ -89,6 +90,14 @@ def _train_into(cfg: RunConfig, out: Path, *, progress: bool, start: TrainState 
                            fault_step=fault_step_from_env(), start=start, checkpoint_every=every,
                            on_checkpoint=save, min_checkpoint_seconds=min_seconds, stop=stop_rule(cfg))
         report.update(engine_spec(engine.name).report(engine, result.params))
+        if cfg.eval:  # the out-of-distribution curves of the eval: block, from the logged rows
+            from .evaluate import eval_trajectory
+            from .trajectory import to_arrays
+
+            ev = eval_trajectory(cfg, engine, result.trajectory)
+            save_npz(out / "eval_trajectory.npz", to_arrays(ev, feature_probs(with_overrides(cfg, dict(cfg.eval)).data)))
+            report["eval"] = {"changes": dict(cfg.eval), "final_loss": float(ev.loss[-1]),
+                              "final_feature_loss": [float(x) for x in ev.feature_loss[-1]]}
         write_run_dir(out, cfg, result, started, report, phases, **({"resumed_from": start.step} if start else {}))
     except Interrupted as e:
         _mark(out, {"status": "interrupted", "signal": signal.Signals(e.signum).name, "step": e.step,

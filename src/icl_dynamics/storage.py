@@ -51,7 +51,7 @@ from .trajectory import Trajectory, expected_shapes, from_arrays, to_arrays
 from .yamlio import read_text
 
 ARTIFACTS = ("config.yaml", "manifest.json", "trajectory.npz", "metrics.parquet", "summary.json", "phases.json",
-             "checkpoint.npz", "params.npz", "explore.html")
+             "checkpoint.npz", "params.npz", "explore.html", "eval_trajectory.npz")
 TRAJECTORY_KEYS = ("steps", "loss", "feature_loss", "scores", "attention", "probs")
 MAX_JSON_BYTES = 10_000_000  # summary.json and phases.json are a few kB
 
@@ -295,6 +295,16 @@ def load_trajectory(run_dir: Path, K: int, max_bytes: int | None = None) -> tupl
     if not (np.all(np.isfinite(steps)) and steps[0] >= 0 and np.all(np.diff(steps) > 0)):
         raise RunDirError(f"'{clip(p)}' is damaged: its steps are not finite, non-negative and increasing")
     return from_arrays(arrays), arrays["probs"]
+
+
+def load_eval_trajectory(run_dir: Path, K: int) -> Trajectory | None:
+    """eval_trajectory.npz (the ``eval:`` block's curves), or None when the run has none."""
+    p = run_dir / "eval_trajectory.npz"
+    if not p.exists():
+        return None
+    want = {k: ((None, *shape[1:]), "iuf") for k, shape in expected_shapes(1, K).items()}
+    want["probs"] = ((K,), "f")
+    return from_arrays(load_npz_checked(p, want, max_bytes=memory_ceiling()))
 
 
 def load_params(run_dir: Path, template: Any) -> Any:
