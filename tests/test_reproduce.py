@@ -218,3 +218,21 @@ def test_report_html_in_a_browser(quick, driver, artifacts):
     assert driver.execute_script("return Array.from(document.images).every(i => i.naturalWidth > 100)")
     screenshot(driver, artifacts / "report.png")
     assert (artifacts / "report.png").stat().st_size > 50_000
+
+
+def test_robustness_section(quick):
+    """The robustness section (robustness.py) measures each case: the paper's model (K = 6, p_1 = 0.5 >
+    1/sqrt(6)) shows all four minor phases with the dominant feature first; every row's phase count is one of
+    0..4 and its time ratios are against that row; the report states the table and the sweeps."""
+    out, results = quick
+    rob = results["robustness"]
+    paper = rob["rows"][0]
+    assert paper["dominant_first"] and paper["minor_phases"] == 4 and paper["minor_time"] is not None
+    for r in rob["rows"]:
+        assert 0 <= r["minor_phases"] <= 4
+        if r["minor_time"] is not None:
+            assert abs(r["minor_ratio"] - r["minor_time"] / paper["minor_time"]) < 1e-12
+    assert set(rob["sweeps"]) == {"model.init_scale", "data.label_noise"}
+    md = (out / "report.md").read_text()
+    assert "does the stage-wise picture survive" in md and all(r["relaxation"] in md for r in rob["rows"])
+    assert (out / "figures" / "robustness.png").stat().st_size > 10_000

@@ -27,7 +27,7 @@ from ..progress import progress_bar
 from ..runner import execute
 from ..storage import load_run
 from ..trajectory import Trajectory
-from . import controls, findings
+from . import controls, findings, robustness
 from .claims import four_phase_input, one_phase_input, two_phase_input
 from .machinery import (DEFAULT_EXPECTATION, Item, Progress, balanced_times, base_config, base_tree, dominant_time,
                         estimate, fit_power, measure, sweep_configs)
@@ -68,6 +68,11 @@ class Plan:
     floor_N: tuple[int, ...] = (10, 20, 30, 40)  # the finite-N floor, K = 3, p = floor_probs, exact
     floor_probs: tuple[float, ...] = (0.8, 0.1, 0.1)
     floor_steps: int = 40000
+    robust_K: int = 6  # the robustness section (robustness.py): imbalanced, K, N, steps
+    robust_N: int = 64  # (1 - p_minor)^N = 0.9^64: the finite-N floor stays below eps
+    robust_steps: int = 3000
+    robust_init: tuple[float, ...] = (0.0, 0.3, 1.0, 2.0)
+    robust_noise: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
 FULL = Plan("full")
@@ -75,7 +80,8 @@ FULL = Plan("full")
 QUICK = Plan("quick", main_expectation="mean_field", main_steps=(1500, 2500), sweep_K=8,
              K_balanced=(4, 6, 8, 12, 16, 24, 32, 48, 64), K_dominant=(4, 6, 8, 12, 16),
              eps_values=tuple(float(x) for x in np.geomspace(1e-2, 1e-3, 5)), lr_values=(0.5, 1.0, 2.0, 4.0),
-             shapes=(16, 64), diagram_K=(4, 9, 16), floor_N=(10, 20, 40), floor_steps=10000)
+             shapes=(16, 64), diagram_K=(4, 9, 16), floor_N=(10, 20, 40), floor_steps=10000,
+             robust_steps=3000, robust_init=(0.0, 1.0), robust_noise=(0.0, 2.0))
 
 
 def main_runs(plan: Plan, out: Path, prog: Progress) -> dict[str, Any]:
@@ -172,13 +178,14 @@ def run_all(plan: Plan, out: Path, *, progress: bool = True) -> dict[str, Any]:
     the in-memory trajectories under ``measurements`` and ``controls`` (documents strips them)."""
     started = time.time()
     n_runs = (2 + len(plan.K_balanced) + len(plan.K_dominant) + 2 + len(plan.lr_values)
-              + controls.count(plan) + findings.count(plan))
+              + controls.count(plan) + findings.count(plan) + robustness.count(plan))
     with progress_bar(progress) as bar, jax.enable_x64(True):  # engines and tables built here are float64
         prog = Progress(bar, n_runs)
         main = main_runs(plan, out, prog)
         sw, spec = sweeps(plan, prog)
         ctl = controls.run(plan, prog)
         fnd = findings.run(plan, prog)
+        rob = robustness.run(plan, prog)
     runs = {name: load_run(out / main[name]["run_dir"]) for name in ("balanced", "imbalanced")}
     b, i = runs["balanced"], runs["imbalanced"]
     label = f"main run ({plan.main_expectation}, K = {plan.K})"
@@ -187,5 +194,5 @@ def run_all(plan: Plan, out: Path, *, progress: bool = True) -> dict[str, Any]:
             "minor_four_phases": four_phase_input(i.trajectory, i.probs, plan.eps, "imbalanced " + label),
             **order_measurements(sw), **fnd["measurements"]}
     return {"plan": dataclasses.asdict(plan), "main": main, "sweeps": sw, "fits": fits(sw), "spec_check": spec,
-            "measurements": meas, "controls": {**ctl, **fnd["controls"]},
+            "measurements": meas, "controls": {**ctl, **fnd["controls"]}, "robustness": rob,
             "wall_time_s": time.time() - started}

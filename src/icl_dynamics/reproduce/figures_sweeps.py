@@ -201,3 +201,23 @@ def fig_floor(results: dict[str, Any], stem: Path, formats) -> list[Path]:
         b.set_title("floor against prompt length $N$")
         b.legend(loc="lower left")
         return save_formats(fig, stem, formats)
+
+
+def fig_robustness(results: dict[str, Any], stem: Path, formats) -> list[Path]:
+    """The minor feature's loss under every relaxation, overlaid (the paper's model in black)."""
+    rob = results["robustness"]
+    with style.context():
+        fig, ax = plt.subplots(figsize=style.figsize(style.FULL, height=3.2), layout="constrained")
+        cmap = plt.get_cmap("tab20")
+        for i, r in enumerate(rob["rows"]):
+            c = r["curve"]
+            paper = i == 0
+            ax.plot(x_of(np.asarray(c["steps"])), c["loss"], color="k" if paper else cmap(i % 20),
+                    lw=1.8 if paper else 0.9, label=r["relaxation"], zorder=3 if paper else 2)
+        ax.axhline(results["plan"]["eps"], color=style.THEORY, ls=":", lw=1.0, label=r"$\epsilon$")
+        ax.set_yscale("log")
+        step_axis(ax, rob["steps"])
+        ax.set_ylabel("minor feature loss $L_2$")
+        ax.set_title(f"imbalanced, K = {rob['K']}, p$_1$ = {rob['p1']:g}: each relaxation alone")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=6)
+        return save_formats(fig, stem, formats)
