@@ -29,8 +29,10 @@ def _config(config: RunConfig | dict | str | Path | None, overrides: dict[str, A
         for key, value in config.items():
             if "." in key:
                 set_dotted(tree, key, value)
+            elif isinstance(value, dict):  # a section (or the eval block): merged with its dotted keys so far
+                tree.setdefault(key, {}).update(value)
             else:
-                tree.setdefault(key, {}).update(value) if isinstance(value, dict) else tree.__setitem__(key, value)
+                tree[key] = value
         cfg = validate(tree)
     dotted = {k.replace("__", "."): v for k, v in overrides.items()}
     return with_overrides(cfg, dotted) if dotted else cfg
