@@ -43,6 +43,20 @@ def show(rows: list[dict], console: Console) -> None:
     console.print(t)
 
 
+def _merged(old: dict, new: dict, names: list[str]) -> dict:
+    """``old`` with the sections ``names`` taken from ``new``, each recording the run it came from."""
+    meta = new["meta"]
+    for name in names:
+        old[name] = {**new[name], "run": {"command": f"python -m benchmarks.run --only {name} --merge",
+                                          "started_utc": meta["started_utc"], "wall_s": meta["wall_s"],
+                                          "load_avg": [meta["machine"]["load_avg_start"][0],
+                                                       meta["machine"]["load_avg_end"][0]],
+                                          "note": "run on its own and merged into this file; the other "
+                                                  "sections are from the run in meta"}}
+        old["meta"]["knobs"][name] = meta["knobs"][name]
+    return old
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every section (~1 min)")
@@ -50,6 +64,9 @@ def main(argv=None) -> int:
                                                 "benchmarks/results_quick.json with --quick)")
     ap.add_argument("--only", nargs="+", default=None, choices=list(SECTIONS), metavar="SECTION",
                     help=f"run only these sections (for development): {', '.join(SECTIONS)}")
+    ap.add_argument("--merge", action="store_true", help="with --only: replace those sections in the existing "
+                                                          "results file (each noted as run on its own) and "
+                                                          "regenerate the docs' tables from it")
     ap.add_argument("--markdown", metavar="RESULTS", help="print the tables of an existing results file as "
                                                            "markdown and exit (no benchmarking)")
     args = ap.parse_args(argv)
@@ -59,6 +76,8 @@ def main(argv=None) -> int:
         print(report.markdown(json.loads(Path(args.markdown).read_text())))
         return 0
     out = Path(args.out) if args.out else RESULTS.with_name("results_quick.json" if args.quick else "results.json")
+    if args.merge and not (args.only and out.is_file()):
+        ap.error("--merge needs --only and an existing results file to merge into")
     todo = {name: mod for name, mod in SECTIONS.items() if not args.only or name in args.only}
     knobs = {name: mod.QUICK if args.quick else mod.FULL for name, mod in todo.items()}
     started = time.time()
@@ -73,16 +92,18 @@ def main(argv=None) -> int:
             res[name] = mod.run(knobs[name])
             res[name]["section_wall_s"] = time.perf_counter() - t0
             bar.advance(task)
-    res["meta"]["wall_s"] = time.time() - started
+    wall = res["meta"]["wall_s"] = time.time() - started
     res["meta"]["machine"]["load_avg_end"] = list(os.getloadavg())
+    if args.merge:
+        res = _merged(json.loads(out.read_text()), res, args.only)
     res["comparisons"] = report.comparisons(res)
     atomic_write_json(out, res)
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
     show(res["comparisons"], console)
-    console.print(f"wrote {out} in {res['meta']['wall_s']:.0f} s")
-    if not args.quick and not args.only and out.resolve() == RESULTS:
+    console.print(f"wrote {out} in {wall:.0f} s" + (f" (merged: {', '.join(args.only)})" if args.merge else ""))
+    if not args.quick and (args.merge or not args.only) and out.resolve() == RESULTS:
         for w in report.update_docs(res):
             console.print(f"warning: {w}")
         console.print(f"regenerated the tables of {report.DOCS}")

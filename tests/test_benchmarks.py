@@ -120,7 +120,7 @@ def test_torch_peer_computes_our_loss_and_gradient():
 def test_transformer_torch_peer_computes_our_loss_and_gradient():
     """Both transformer peers (query column, literal full attention matrix) give the transformer engine's loss
     and gradient in W^{KQ} and W^{PV} (model.params=full) on one batch of our engine's prompts, at random
-    parameters (float64, sums of ~B N terms: 1e-12); so do the section's two benchmark-only rewrites."""
+    parameters (float64, sums of ~B N terms: 1e-12); so does the section's benchmark-only feature-table step."""
     torch = pytest.importorskip("torch")
     from benchmarks import torch_transformer_peer, transformer_peer
     from icl_dynamics.data import sample_batch
@@ -134,10 +134,9 @@ def test_transformer_torch_peer_computes_our_loss_and_gradient():
         params = {n: jnp.asarray(rng.normal(size=(1, 5, 5))) for n in ("W_KQ", "W_PV")}
         b = sample_batch(jax.random.fold_in(c.key, 2), c.data, st.flags, 6, 9)
         loss, grad = jax.value_and_grad(TF.batch_loss)(params, st, c, b)
-        for g in (jax.grad(transformer_peer._unembedded_loss)(params, b.X, b.y, b.w),
-                  jax.grad(transformer_peer._factored_loss)(params, c.data.V, b.feat, b.y, b.w)):
-            for n in grad:
-                np.testing.assert_allclose(np.asarray(g[n]), np.asarray(grad[n]), rtol=0, atol=1e-12)
+        g = jax.grad(transformer_peer._factored_loss)(params, c.data.V, b.feat, b.y, b.w)
+        for n in grad:
+            np.testing.assert_allclose(np.asarray(g[n]), np.asarray(grad[n]), rtol=0, atol=1e-12)
     assert float(loss) > 1e-3  # a batch with something to fit
     batch = [torch.tensor(np.asarray(a)) for a in (b.X, b.y, b.w)]
     for literal in (False, True):
@@ -149,6 +148,20 @@ def test_transformer_torch_peer_computes_our_loss_and_gradient():
         assert abs(lt.item() - float(loss)) < 1e-12
         np.testing.assert_allclose(peer.W_KQ.grad.numpy(), np.asarray(grad["W_KQ"][0]), rtol=0, atol=1e-12)
         np.testing.assert_allclose(peer.W_PV.grad.numpy(), np.asarray(grad["W_PV"][0]), rtol=0, atol=1e-12)
+
+
+def test_merge_replaces_only_the_sections_run():
+    """``run --only S --merge``: section S and its knobs come from the new run, noted as such; every other
+    section, and the old run's meta, are kept as they were."""
+    from benchmarks.run import _merged
+
+    old = {"meta": {"started_utc": "old", "knobs": {"a": 1, "b": 2}}, "a": {"x": 1}, "b": {"x": 2}}
+    new = {"meta": {"started_utc": "new", "wall_s": 3.0, "knobs": {"b": 20},
+                    "machine": {"load_avg_start": [1.0], "load_avg_end": [2.0]}}, "b": {"x": 20}}
+    got = _merged(old, new, ["b"])
+    assert got["a"] == {"x": 1} and got["meta"]["started_utc"] == "old"
+    assert got["b"]["x"] == 20 and got["b"]["run"]["started_utc"] == "new" and got["b"]["run"]["load_avg"] == [1, 2]
+    assert got["meta"]["knobs"] == {"a": 1, "b": 20}
 
 
 def test_sweep_section_compares_train_batched_with_train():

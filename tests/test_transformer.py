@@ -91,7 +91,8 @@ def test_forward_equals_numpy_block_matrices(heads, params, include_query, atten
     assert np.all(E[:, d, N] == 0)
     want = np.stack([np_forward(E[b], w_kq, w_pv, include_query, attention) for b in range(B)])
 
-    yhat, a = jax.jit(query_column, static_argnums=(3, 4))(T, *head_matrices(p, d), include_query, attention)
+    yhat, a = jax.jit(query_column, static_argnums=(4, 5))(jnp.asarray(X), jnp.asarray(y), *head_matrices(p, d),
+                                                           include_query, attention)
     np.testing.assert_allclose(np.asarray(yhat), want[:, d, N], rtol=1e-12, atol=1e-13)
     assert a.shape == (B, heads, N + include_query)
     F = jax.jit(literal_forward_heads, static_argnums=(3, 4))(jnp.asarray(E), *head_matrices(p, d), include_query,

@@ -142,20 +142,30 @@ def literal_forward_heads(E: jnp.ndarray, w_kq: jnp.ndarray, w_pv: jnp.ndarray, 
     return E + jnp.einsum("hkl,bli,bhji->bkj", w_pv, keys, a)
 
 
-def query_column(T: jnp.ndarray, w_kq: jnp.ndarray, w_pv: jnp.ndarray, include_query: bool = False,
+def query_column(X: jnp.ndarray, y: jnp.ndarray, w_kq: jnp.ndarray, w_pv: jnp.ndarray, include_query: bool = False,
                  attention: str = "softmax") -> tuple[jnp.ndarray, jnp.ndarray]:
     """The prediction yhat = F[d, N] and the query column's attention, without the other N columns of F (a
-    one-layer model's prediction does not depend on them): T (B, N+1, d+1) the embedded tokens e_i = (x_i, y_i)
-    with the query last and its label 0. Returns yhat (B,) and a (B, heads, J), J = N keys (N+1 with
-    ``include_query``, the query's own column last). Same arithmetic as :func:`literal_forward_heads`'s last
-    column; the query's column is one more key, so any registered attention sees N+1 keys."""
-    d = T.shape[-1] - 1
-    keys = T if include_query else T[:, :-1]
-    k = jnp.einsum("hlm,bm->bhl", w_kq, T[:, -1])  # W^{KQ}_h e_q
-    logits = jnp.einsum("bil,bhl->bhi", keys, k)  # e_i^T W^{KQ}_h e_q
-    a = ATTENTION[attention](logits, jnp.ones_like(logits), jnp.zeros(logits.shape[:-1], logits.dtype), False)
-    v = jnp.einsum("hl,bil->bhi", w_pv[:, d, :], keys)  # row d of W^{PV}_h e_i
-    return jnp.sum(a * v, axis=(-2, -1)), a
+    one-layer model's prediction does not depend on them): X (B, N+1, d) the tokens with the query last, y (B, N)
+    the prompt labels (the query's label is 0), so e_i = (x_i, y_i). Returns yhat (B,) and a (B, heads, J),
+    J = N keys (N+1 with ``include_query``, the query's own column last). Same arithmetic as
+    :func:`literal_forward_heads`'s last column; the query's column is one more key, so any registered
+    attention sees N+1 keys.
+
+    Every per-token quantity, the logit e_i^T W^{KQ}_h e_q and the value (W^{PV}_h e_i)[d], is one entry of
+    the contraction Z = X M^T (+ the labels' terms) with M (B, 2 heads, d) stacking W^{KQ}_h e_q and row d of
+    W^{PV}_h: the forward pass reads the tokens once, and its gradient (dZ^T X) once more, the fewest reads an
+    O(B N d) step can make. Without ``include_query`` the query's row is scored too and given no weight
+    (multiplicity 0), which costs less than copying out the N key rows."""
+    d, H, N = X.shape[-1], w_kq.shape[0], y.shape[-1]
+    k = jnp.einsum("hlm,bm->bhl", w_kq[:, :, :d], X[:, -1])  # W^{KQ}_h e_q, e_q = (x_q, 0): (B, H, d+1)
+    M = jnp.concatenate([k, jnp.broadcast_to(w_pv[:, d, :], k.shape)], axis=1)  # (B, 2H, d+1)
+    labels = jnp.concatenate([y, jnp.zeros((*y.shape[:-1], 1), y.dtype)], axis=-1)  # (B, N+1)
+    Z = jnp.einsum("bnd,bcd->bnc", X, M[..., :d]) + labels[..., None] * M[:, None, :, d]  # (B, N+1, 2H)
+    Z = jnp.swapaxes(Z, 1, 2)
+    logits, values = Z[:, :H], Z[:, H:]
+    mult = jnp.broadcast_to((jnp.arange(N + 1) < N + include_query).astype(X.dtype), logits.shape)
+    a = ATTENTION[attention](logits, mult, jnp.zeros(logits.shape[:-1], logits.dtype), False)
+    return jnp.sum(a * values, axis=(-2, -1)), a[..., : N + include_query]
 
 
 def embed_tokens(X: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:

@@ -49,7 +49,7 @@ import numpy as np
 
 from ..config import RunConfig
 from ..data import DataArrays, DataFlags, TokenBatch, data_arrays, sample_batch, seed_key
-from ..model import embed_tokens, head_matrices, paper_value, query_column
+from ..model import head_matrices, paper_value, query_column
 from ..registry import ENGINES
 from . import Engine, EngineSpec, Metrics, training
 from .transformer_eval import eval_losses
@@ -87,7 +87,7 @@ def batch_loss(params, static: TfStatic, c: TfConsts, b: TokenBatch):
     """1/2 mean (yhat - <w, x_q>)^2 over the prompts ``b``."""
     d = b.X.shape[-1]
     w_kq, w_pv = head_matrices(params, d)
-    yhat, _ = query_column(embed_tokens(b.X, b.y), w_kq, w_pv, static.include_query, static.attention)
+    yhat, _ = query_column(b.X, b.y, w_kq, w_pv, static.include_query, static.attention)
     target = jnp.einsum("bd,bd->b", b.X[:, -1], b.w)
     return 0.5 * jnp.mean((yhat - target) ** 2)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..model import embed_tokens, head_matrices, query_column
+from ..model import head_matrices, query_column
 
 
 def _attend(static, logits):
@@ -32,8 +32,8 @@ def prompt_losses(static, c, mats, X: jnp.ndarray):
     noise) out exactly; full uses the evaluation set's sampled w (and label noise)."""
     e = c.eval
     if static.params == "q_only":
-        T = embed_tokens(X, jnp.zeros(X.shape[:-1], X.dtype)[:, :-1])  # labels do not enter the attention
-        _, a = query_column(T, *mats, static.include_query, static.attention)
+        _, a = query_column(X, jnp.zeros(X.shape[:-1], X.dtype)[:, :-1], *mats, static.include_query,
+                            static.attention)  # labels do not enter the attention
         a = a[..., : static.N]  # the query's own column carries no label
         coef = jnp.mean(a, axis=1)  # yhat = sum_i c_i y_i, c_i = sum_h a_hi / heads
         r = jnp.einsum("pi,pid->pd", coef, X[:, :-1]) - X[:, -1]
@@ -44,7 +44,7 @@ def prompt_losses(static, c, mats, X: jnp.ndarray):
     y = jnp.einsum("pnd,pd->pn", X[:, :-1], e.w)
     if static.flags.label_noise:
         y = y + c.data.label_sigma * e.xi
-    yhat, a = query_column(embed_tokens(X, y), *mats, static.include_query, static.attention)
+    yhat, a = query_column(X, y, *mats, static.include_query, static.attention)
     return 0.5 * (yhat - jnp.einsum("pd,pd->p", X[:, -1], e.w)) ** 2, a[..., : static.N]
 
 
