@@ -353,3 +353,24 @@ def test_failed_run_is_marked_failed_with_reason(tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert summary == {"status": "failed", "reason": "RuntimeError: simulated crash"}
     assert not (out / "trajectory.npz").exists()
+
+
+def test_eval_block_rows_survive_a_checkpoint(tmp_path):
+    """A run with an eval: block logs the eval distribution's metrics at every row (trainer.Watch); a
+    checkpoint file carries those rows, so resuming from it gives the uninterrupted run's eval rows and its
+    own rows bit for bit."""
+    from icl_dynamics.evaluate import eval_watch
+
+    cfg = load_config(None, SMALL + ["eval={data.probs: balanced}"])
+    engine, watch = build_engine(cfg), eval_watch(cfg)
+    schedule = log_schedule(cfg.train.steps, cfg.train.log_every)
+    states = []
+    clean = train(engine, schedule, progress=False, checkpoint_every=1, watch=watch,
+                  on_checkpoint=lambda s, reason: states.append(s))
+    assert clean.watched is not None and np.array_equal(clean.watched.steps, clean.trajectory.steps)
+    assert not np.allclose(clean.watched.loss, clean.trajectory.loss)  # another distribution, other numbers
+    checkpoint.save(tmp_path, cfg, engine, states[len(states) // 2], "periodic")
+    back, _ = checkpoint.load(tmp_path, cfg, engine, schedule)
+    res = train(engine, schedule, progress=False, start=back, watch=watch)
+    for a, b in zip((*res.trajectory, *res.watched), (*clean.trajectory, *clean.watched)):
+        assert a.dtype == b.dtype and np.array_equal(a, b)

@@ -53,7 +53,7 @@ def test_out_of_distribution_matches_an_independent_enumeration(run_dir, tmp_pat
 def test_bad_evaluations_are_one_line(run_dir, tmp_path, capsys):
     assert main(["evaluate", str(run_dir), "--set", "data.num_features=4", "--set", "data.probs=balanced"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "do not fit" in err[0] and "(3, 3)" in err[0]
+    assert len(err) == 1 and "do not match the evaluation config" in err[0] and "Q (3, 3)" in err[0]
     bare = tmp_path / "bare"
     assert main(["train", *TRAIN, "--out", str(bare)]) == 0
     (bare / "params.npz").unlink()
@@ -63,14 +63,17 @@ def test_bad_evaluations_are_one_line(run_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("engine_args", [
-    [],  # population: the logged scores are the parameters
+    [],  # population
+    ["--set", "train.method=flow"],  # the gradient flow: the watch observes the solver's saved states
     ["--set", "train.engine=tokens", "--set", "data.dim=5", "--set", "train.batch_size=32",
-     "--set", "train.eval_prompts=64"],  # tokens, d > K: Q rebuilt from the logged scores (V A V^T)
+     "--set", "train.eval_prompts=64"],  # tokens, d > K
+    ["--set", "train.engine=transformer", "--set", "model.params=full", "--set", "model.init_scale=0.1",
+     "--set", "train.batch_size=32", "--set", "train.eval_prompts=64"],  # the literal model, W^{PV} trained
 ])
 def test_eval_block_logs_the_curves_evaluate_gives_at_the_end(engine_args, tmp_path, capsys):
-    """train's eval: block evaluates every logged row on another distribution; its last row equals
-    ``evaluate`` of the saved final parameters on that distribution (two routes to the same numbers: the
-    parameters rebuilt from the log against params.npz), to 1e-10."""
+    """train's eval: block evaluates every logged row on another distribution, inside the training scan; its
+    last row equals ``evaluate`` of the saved final parameters on that distribution (the same observation of
+    the same parameters, compiled in another program), to 1e-10."""
     out = tmp_path / "run"
     assert main(["train", *TRAIN, *engine_args, "--set", "eval={data.probs: balanced, data.prompt_length: 9}",
                  "--out", str(out)]) == 0
@@ -88,7 +91,8 @@ def test_eval_block_logs_the_curves_evaluate_gives_at_the_end(engine_args, tmp_p
 
 @pytest.mark.parametrize("sets, words", [(["eval={data.num_features: 4}"], "cannot change"),
                                          (["eval={train.lr: 2}"], "cannot change"),
-                                         (["eval={data.probs: balanced}", "train.engine=transformer"], "evaluate")])
+                                         (["eval.data.probs=nonsense"], "data.probs"),
+                                         (["eval={data.token_noise: 0.2}"], "train.engine=transformer")])
 def test_bad_eval_blocks_are_one_line(sets, words, tmp_path, capsys):
     argv = ["train", "--out", str(tmp_path / "r")]
     for s in sets:
@@ -96,3 +100,40 @@ def test_bad_eval_blocks_are_one_line(sets, words, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'eval'" in err[0] and words in err[0] and not (tmp_path / "r").exists()
+
+
+def test_eval_block_nested_and_dotted_are_one_config(tmp_path):
+    """eval: {data: {probs: ...}} (nested YAML), --set eval.data.probs=... and {data.probs: ...} give the same
+    validated config (so the same hash and run)."""
+    from icl_dynamics.config import load_config
+
+    (tmp_path / "c.yaml").write_text("eval:\n  data:\n    probs: balanced\n    prompt_length: 9\n")
+    a = load_config(tmp_path / "c.yaml")
+    b = load_config(None, ["eval.data.probs=balanced", "eval.data.prompt_length=9"])
+    c = load_config(None, ["eval={data.probs: balanced, data.prompt_length: 9}"])
+    assert a.eval == b.eval == c.eval == {"data.probs": "balanced", "data.prompt_length": 9}
+    assert a.hash() == b.hash() == c.hash()
+
+
+def test_a_population_run_evaluated_by_the_transformer_engine(run_dir, tmp_path):
+    """The paper's Q moves between its two forms ((d, d) and the transformer's {"Q": (1, d, d)}), so a
+    population run can be evaluated where only the literal model computes (token noise). Without noise the
+    transformer's estimate equals the exact loss within 5 standard errors of its evaluation prompts (the
+    engine reports that error); with token noise 0.3 the loss rises above that band."""
+    out = tmp_path / "e.json"
+    sets = ["--set", "train.engine=transformer", "--set", "train.eval_prompts=4000"]
+    exact = json.loads(json.dumps(load_run(run_dir).trajectory.loss[-1].item()))
+    assert main(["evaluate", str(run_dir), *sets, "--out", str(out)]) == 0
+    clean = json.loads(out.read_text())["loss"]
+    assert main(["evaluate", str(run_dir), *sets, "--set", "data.token_noise=0.3", "--out", str(out)]) == 0
+    noisy = json.loads(out.read_text())["loss"]
+    from icl_dynamics.config import load_config
+    from icl_dynamics.engines import build_engine, engine_spec
+    from icl_dynamics.evaluate import fit_params
+    from icl_dynamics.storage import load_params
+
+    cfg = load_config(run_dir / "config.yaml", ["train.engine=transformer", "train.eval_prompts=4000"])
+    e = build_engine(cfg)
+    se = engine_spec("transformer").report(e, fit_params(load_params(run_dir, np.zeros((3, 3))), e.init))
+    assert abs(clean - exact) < 5 * se["loss_standard_error"]
+    assert noisy > exact + 5 * se["loss_standard_error"]

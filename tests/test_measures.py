@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy import stats
 
 from icl_dynamics.config import load_config
 from icl_dynamics.data import feature_probs
-from icl_dynamics.measures import fit_power_law, summarize, sweep_row
+from icl_dynamics.measures import GREW, fit_power_law, summarize, sweep_row
+from icl_dynamics.storage import load_run
 from icl_dynamics.trainer import run_training
 
 
@@ -51,3 +54,22 @@ def test_summary_and_sweep_row_agree_with_the_trajectory(run):
     assert s["time_to_eps"] == first  # log_every = 1: the first step below eps, exactly
     assert row["time_to_eps_dominant"] == first[0] and row["time_to_eps_minor"] == max(first[1:])
     assert row["final_loss"] == float(t.loss[-1]) and row["setting"] == "imbalanced"
+
+
+@pytest.mark.parametrize("lr, flagged", [(1.0, True), (0.01, False)])
+def test_a_slow_blow_up_is_flagged_not_called_fine(lr, flagged, tmp_path, capsys):
+    """Gaussian tokens with linear attention at lr = 1 (d = 4, N = 16) grow the loss by ~1e11 with every
+    update finite, so the run ends 'completed'; summary.json and the command then carry a warning. At
+    lr = 0.01 (the control) the loss falls and no warning is written."""
+    from icl_dynamics.cli import main
+
+    out = tmp_path / "r"
+    assert main(["train", "--out", str(out), "--quiet", "--set", "train.engine=transformer", "--set",
+                 "data.tokens=gaussian", "--set", "model.attention=linear", "--set", "data.num_features=4",
+                 "--set", "data.prompt_length=16", "--set", "train.steps=100", "--set", "train.batch_size=32",
+                 "--set", f"train.lr={lr}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert ("warnings" in summary) == flagged
+    assert ("warning: the loss grew" in capsys.readouterr().err) == flagged
+    assert (summary["final_loss"] > GREW * load_run(out).trajectory.loss[0]) == flagged

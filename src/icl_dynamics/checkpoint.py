@@ -6,6 +6,7 @@ Arrays (all float64 unless noted), no pickle:
     opt_0 .. opt_{M-1}       the optimizer state's leaves (none for plain GD)
     rows_steps (R,) int64    logged steps so far (= schedule[:R])
     rows_loss (R,), rows_feature_loss (R, K), rows_scores (R, K, K), rows_attention (R, K, K)
+    watched_*                the same for the ``eval:`` block's metrics (only in runs that have one)
     rng_key uint32           the engine's random key, where its EngineSpec.rng_key says it lives; empty if none
     meta ()  str             JSON: format, version, config_hash, engine, step, index (= R, schedule rows
                              done), schedule_len, reason (periodic | SIGINT | SIGTERM)
@@ -36,6 +37,7 @@ from .trajectory import Trajectory, expected_shapes
 CHECKPOINT = "checkpoint.npz"
 FORMAT = 1
 _ROWS = tuple(f"rows_{f}" for f in Trajectory._fields)
+_WATCHED = tuple(f"watched_{f}" for f in Trajectory._fields)
 
 
 DEFAULT_MIN_SECONDS = 30.0
@@ -58,6 +60,8 @@ def save(run_dir: Path, cfg: RunConfig, engine: Engine, state: TrainState, reaso
     arrays: dict[str, np.ndarray] = {f"param_{i}": np.asarray(x) for i, x in enumerate(leaves)}
     arrays.update({f"opt_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state.opt_state))})
     arrays.update({name: np.asarray(x) for name, x in zip(_ROWS, state.rows)})
+    if state.watched is not None:
+        arrays.update({name: np.asarray(x) for name, x in zip(_WATCHED, state.watched)})
     arrays["rng_key"] = rng_key_of(engine)
     meta = {"format": FORMAT, "version": __version__, "config_hash": cfg.hash(), "engine": engine.name,
             "step": int(state.step), "index": int(state.index), "num_params": len(leaves), "reason": reason}
@@ -97,7 +101,8 @@ def load(run_dir: Path, cfg: RunConfig, engine: Engine, schedule: np.ndarray) ->
     opt_leaves, opt_treedef = jax.tree.flatten(init_opt)
     # declared shapes and sizes are checked before any data is read (fsio_npz): a damaged header cannot
     # make this allocate more than the memory ceiling
-    expect = {f"rows_{k}": ((None, *shape[1:]), "iuf") for k, shape in expected_shapes(1, K).items()}
+    groups = ("rows", "watched") if cfg.eval else ("rows",)
+    expect = {f"{g}_{k}": ((None, *shape[1:]), "iuf") for g in groups for k, shape in expected_shapes(1, K).items()}
     expect.update({f"param_{i}": (tuple(np.shape(x)), "f") for i, x in enumerate(init_leaves)})
     expect.update({f"opt_{i}": (tuple(np.shape(x)), "iuf") for i, x in enumerate(opt_leaves)})
     expect.update({"rng_key": ((None,), "u"), "meta": ((), "U")})
@@ -117,8 +122,8 @@ def load(run_dir: Path, cfg: RunConfig, engine: Engine, schedule: np.ndarray) ->
             and index % CHUNK_ROWS == 0 and step == int(schedule[index - 1])):
         raise RunDirError(f"{bad} (index {index!r} / step {step!r} do not fit the run's log schedule)")
 
-    want = {f"rows_{k}": (shape, np.int64 if k == "steps" else np.float64)
-            for k, shape in expected_shapes(index, K).items()}
+    want = {f"{g}_{k}": (shape, np.int64 if k == "steps" else np.float64)
+            for g in groups for k, shape in expected_shapes(index, K).items()}
     want.update({f"param_{i}": (x.shape, x.dtype) for i, x in enumerate(init_leaves)})
     want.update({f"opt_{i}": (np.shape(x), np.asarray(x).dtype) for i, x in enumerate(opt_leaves)})
     want["rng_key"] = (rng_key_of(engine).shape, rng_key_of(engine).dtype)
@@ -127,7 +132,7 @@ def load(run_dir: Path, cfg: RunConfig, engine: Engine, schedule: np.ndarray) ->
         if a is None or a.shape != tuple(shape) or a.dtype != dtype:
             got = "missing" if a is None else f"{a.dtype}{list(a.shape)}"
             raise RunDirError(f"{bad} (array '{name}' is {got}, expected {np.dtype(dtype)}{list(shape)})")
-    if not np.array_equal(arrays["rows_steps"], schedule[:index]):
+    if not all(np.array_equal(arrays[f"{g}_steps"], schedule[:index]) for g in groups):
         raise RunDirError(f"{bad} (logged steps do not match the run's log schedule)")
     if not np.array_equal(arrays["rng_key"], rng_key_of(engine)):
         raise RunDirError(f"{bad} (its RNG key differs from the one this version derives from the seed)")
@@ -136,5 +141,6 @@ def load(run_dir: Path, cfg: RunConfig, engine: Engine, schedule: np.ndarray) ->
     if not all(np.all(np.isfinite(x)) for x in params + [o for o in opt if o.dtype.kind == "f"]):
         raise RunDirError(f"{bad} (non-finite parameters)")
     rows = Trajectory(*(arrays[name] for name in _ROWS))
+    watched = Trajectory(*(arrays[name] for name in _WATCHED)) if cfg.eval else None
     return TrainState(index, step, jax.tree.unflatten(treedef, params), rows,
-                      jax.tree.unflatten(opt_treedef, opt)), meta
+                      jax.tree.unflatten(opt_treedef, opt), watched), meta

@@ -170,8 +170,9 @@ class ModelConfig(_Strict):
     init_scale: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False, description="0: zero init (the paper); "
                               "> 0: i.i.d. N(0, init_scale^2 / d) entries from the seed (train.engine=transformer)")
     heads: int = Field(1, ge=1, le=16, description="attention heads, summed through their own W^PV; with q_only "
-                       "each head's W^PV is the paper's divided by heads (heads = 1 is the paper); from zero "
-                       "init the heads stay equal (use init_scale > 0); > 1: train.engine=transformer only")
+                       "each head's W^PV is the paper's divided by heads (heads = 1 is the paper); from zero init "
+                       "the heads stay equal (use init_scale > 0); each head is full size (d+1 x d+1), so any "
+                       "number fits any d; > 1: train.engine=transformer only")
 
     @field_validator("attention")
     @classmethod
@@ -245,20 +246,26 @@ class RunConfig(_Strict):
     eps: float = Field(1e-2, gt=0.0, lt=1.0, description="the target per-feature loss (phases, time to eps)")
     seed: int = Field(0, ge=0, lt=2**63, description="determines every random draw of the run")
     eval: dict[str, Any] = Field(default_factory=dict, description="out-of-distribution curves logged beside "
-                                 "the run's own: data keys to change, e.g. {data.probs: balanced} "
-                                 "(eval_trajectory.npz; population and tokens engines)")
+                                 "the run's own: data keys to change, e.g. {data.probs: balanced} or "
+                                 "--set eval.data.probs=balanced (eval_trajectory.npz)")
+
+    @field_validator("eval", mode="before")
+    @classmethod
+    def _dotted_eval(cls, v: Any) -> Any:
+        """{data: {probs: x}} (nested YAML, or --set eval.data.probs=x) as {data.probs: x}."""
+        return flatten(v) if isinstance(v, dict) else v
 
     @model_validator(mode="after")
     def _eval_block(self) -> RunConfig:
-        if not self.eval:
-            return self
         bad = [k for k in self.eval if not str(k).startswith("data.") or k in ("data.num_features", "data.dim")]
         if bad:
             raise ValueError(f"eval: '{str(bad[0])[:60]}' cannot change; the eval block takes data keys other than "
                              f"data.num_features and data.dim (the parameters' shapes)")
-        if self.train.engine == "transformer":
-            raise ValueError("eval: the transformer engine's parameters are not in its log; evaluate its final "
-                             "parameters with 'icl-dynamics evaluate RUN_DIR --set ...'")
+        if self.eval:  # the eval distribution must be one this engine can compute, checked before any run
+            try:
+                with_overrides(self.model_copy(update={"eval": {}}), dict(self.eval))
+            except ConfigError as e:
+                raise ValueError(f"'eval' block: {e}") from None
         return self
 
     @model_validator(mode="after")

@@ -14,28 +14,66 @@ from typing import Any
 import jax
 import numpy as np
 
-from .config import with_overrides
+from .config import RunConfig, with_overrides
 from .engines import build_engine, engine_spec
 from .errors import RunDirError
 from .fsio import clip
 from .storage import check_run_dir, load_config_file, load_params
 
 
+def eval_config(cfg: RunConfig) -> RunConfig:
+    """The run's config with its ``eval:`` block's changes."""
+    return with_overrides(cfg, dict(cfg.eval))
+
+
+def eval_watch(cfg: RunConfig):
+    """The trainer's :class:`~icl_dynamics.trainer.Watch` for the ``eval:`` block (None without one): the
+    run's engine built on the eval distribution, in its general form (any parameters), observed on the run's
+    parameters at every logged row."""
+    from .trainer import Watch
+
+    if not cfg.eval:
+        return None
+    return Watch.of(engine_spec(cfg.train.engine).general(build_engine(eval_config(cfg))))
+
+
+def _shapes(tree) -> str:
+    """'Q (4, 4)' or 'W_KQ (1, 5, 5), W_PV (1, 5, 5)': an engine's parameters (an array or a dict of them)."""
+    if isinstance(tree, dict):
+        return ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in sorted(tree.items()))
+    return f"Q {tuple(np.shape(tree))}"
+
+
+def fit_params(params, template):
+    """``params`` in the structure of ``template`` (an engine's init), or None where they do not fit: as they
+    are, or the paper's Q between its two forms, (d, d) in the population and tokens engines and
+    {"Q": (1, d, d)} in the transformer engine with one head and params=q_only."""
+    same = jax.tree.structure(params) == jax.tree.structure(template) and all(
+        np.shape(a) == np.shape(b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(template)))
+    if same:
+        return params
+    if isinstance(template, dict) and set(template) == {"Q"} and np.shape(template["Q"]) == (1, *np.shape(params)):
+        return {"Q": np.asarray(params)[None]}
+    if isinstance(params, dict) and set(params) == {"Q"} and np.shape(params["Q"]) == (1, *np.shape(template)):
+        return np.asarray(params["Q"])[0]
+    return None
+
+
 def evaluate_run(run_dir: str | Path, overrides: dict[str, Any]) -> dict[str, Any]:
     """{"config_changes", "loss", "feature_loss", "attention"} for the run's final parameters under the run's
     config with ``overrides`` (dotted keys). One line (RunDirError) when the parameters are missing or do not
-    fit the new config (another K or d)."""
+    fit the new config (another K, d, number of heads or parameterization)."""
     run_dir = check_run_dir(Path(run_dir))
     cfg = load_config_file(run_dir)
     new = with_overrides(cfg, overrides)
     engine = engine_spec(new.train.engine).general(build_engine(new))  # any parameters, no symmetry shortcut
-    try:
-        params = load_params(run_dir, engine.init)
-    except RunDirError as e:
-        if "params.npz" in str(e) and "has no" in str(e):
-            raise
-        raise RunDirError(f"the parameters in '{clip(run_dir)}' do not fit the evaluation config (K = "
-                          f"{new.data.num_features}, d = {new.data.dim}): {e}") from None
+    own = engine.init if new == cfg else build_engine(cfg).init
+    params = fit_params(load_params(run_dir, own), engine.init)
+    if params is None:
+        m = new.model
+        raise RunDirError(f"the parameters in '{clip(run_dir)}' ({_shapes(own)}) do not match the evaluation "
+                          f"config, whose model takes {_shapes(engine.init)} (train.engine={new.train.engine}, "
+                          f"model.params={m.params}, model.heads={m.heads}, data.dim={new.data.dim})")
     with jax.enable_x64(True):
         m = jax.device_get(jax.jit(engine.observe, static_argnums=0)(engine.static, engine.consts, params))
     out: dict[str, Any] = {"config_changes": {k: v for k, v in overrides.items()}, "loss": float(m.loss)}
@@ -44,22 +82,3 @@ def evaluate_run(run_dir: str | Path, overrides: dict[str, Any]) -> dict[str, An
         out["feature_loss"] = [float(x) for x in fl]
         out["attention"] = [[float(x) for x in row] for row in np.asarray(m.attention)]
     return out
-
-
-def eval_trajectory(cfg, engine, traj):
-    """The run's logged rows evaluated again on ``cfg.eval``'s distribution (the ``eval:`` block): the same
-    steps, the eval distribution's loss, feature_loss and attention; scores as logged. None when the engine
-    cannot recover its parameters from the log."""
-    from .engines import engine_spec
-    from .trajectory import Metrics, stack_rows
-
-    if not cfg.eval:
-        return None
-    spec = engine_spec(cfg.train.engine)
-    other = spec.general(build_engine(with_overrides(cfg, dict(cfg.eval))))
-    with jax.enable_x64(True):
-        def one(scores):
-            return other.observe(other.static, other.consts, spec.from_scores(engine, scores))
-
-        rows = jax.device_get(jax.jit(jax.vmap(one))(jax.numpy.asarray(traj.scores)))
-    return stack_rows([traj.steps], [Metrics(*(np.asarray(x) for x in rows))])

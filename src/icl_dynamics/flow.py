@@ -28,7 +28,7 @@ import optimistix
 
 from .engines import Engine
 from .phases import NAMES, dominant_feature
-from .trainer import TrainResult
+from .trainer import TrainResult, Watch
 from .trajectory import Metrics, stack_rows
 
 SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8, "kvaerno5": diffrax.Kvaerno5}
@@ -80,18 +80,26 @@ def _solve_logged(grad, observe, static, consts, y0, ts, rtol, atol, solver):
     return sol.ys, metrics, sol.result == diffrax.RESULTS.successful, sol.stats["num_steps"]
 
 
+@partial(jax.jit, static_argnames=("observe", "static"))
+def _observe_rows(observe, static, consts, ys):
+    return jax.vmap(lambda y: observe(static, consts, y))(ys)
+
+
 def integrate(engine: Engine, schedule: np.ndarray, lr: float, rtol: float, atol: float,
-              solver: str) -> tuple[TrainResult, dict[str, Any]]:
-    """The flow through the logged times lr x schedule; the trajectory's steps are the schedule."""
+              solver: str, watch: Watch | None = None) -> tuple[TrainResult, dict[str, Any]]:
+    """The flow through the logged times lr x schedule; the trajectory's steps are the schedule. With
+    ``watch`` (trainer.Watch), its metrics at the same times are ``TrainResult.watched``."""
     with jax.enable_x64(True):
         ys, metrics, ok, nsteps = jax.device_get(_solve_logged(
             engine.grad, engine.observe, engine.static, engine.consts, engine.init,
             jnp.asarray(lr * schedule.astype(np.float64)), rtol=rtol, atol=atol, solver=solver))
+        watched = None if watch is None else jax.device_get(_observe_rows(*watch, ys))
     ok = bool(ok) and all(np.all(np.isfinite(np.asarray(x))) for x in metrics)
     traj = stack_rows([schedule], [Metrics(*(np.asarray(x) for x in metrics))])
     stats = {"solver": solver, "rtol": rtol, "atol": atol, "solver_steps": int(nsteps),
              "function_evaluations": int(nsteps) * _stages(solver)}
-    return TrainResult(traj, ys[-1], "completed" if ok else "failed", None), stats
+    return TrainResult(traj, ys[-1], "completed" if ok else "failed", None,
+                       None if watched is None else stack_rows([schedule], [Metrics(*watched)])), stats
 
 
 def _stages(solver: str) -> int:
@@ -164,15 +172,17 @@ def _chain_times(solve, engine: Engine, kinds: list[int], k: int, d: int, others
     return times
 
 
-def run_flow(engine: Engine, cfg, eps: float | None = None) -> tuple[TrainResult, dict, dict]:
+def run_flow(engine: Engine, cfg, eps: float | None = None, watch: Watch | None = None
+             ) -> tuple[TrainResult, dict, dict]:
     """A flow run of ``cfg``: (result on the config's log schedule, phases from the solver's events at
-    ``eps`` (default the config's), the solver's statistics for summary.json)."""
+    ``eps`` (default the config's), the solver's statistics for summary.json); ``watch`` as for
+    :func:`integrate`."""
     from .data import feature_probs, setting_name
     from .schedule import log_schedule
 
     t = cfg.train
     schedule = log_schedule(t.steps, t.log_every)
-    result, stats = integrate(engine, schedule, t.lr, t.flow_rtol, t.flow_atol, t.flow_solver)
+    result, stats = integrate(engine, schedule, t.lr, t.flow_rtol, t.flow_atol, t.flow_solver, watch)
     phases = events(engine, feature_probs(cfg.data), cfg.eps if eps is None else eps, setting_name(cfg.data),
                     t.lr, float(t.lr * schedule[-1]), t.flow_rtol, t.flow_atol, t.flow_solver)
     event_steps = phases.pop("solver_steps")

@@ -32,6 +32,7 @@ def summarize(traj: Trajectory, eps: float, status: str = "completed", **extra: 
     """summary.json content. Features are 0-based here, as in every file. Where per-feature quantities do not
     exist (Gaussian tokens: NaN), they are null."""
     per_feature = has_features(traj)
+    warnings = loss_warnings(traj)
     return {
         "status": status,
         "final_step": int(traj.steps[-1]),
@@ -39,8 +40,22 @@ def summarize(traj: Trajectory, eps: float, status: str = "completed", **extra: 
         "final_feature_loss": [float(x) for x in traj.feature_loss[-1]] if per_feature else None,
         "eps": eps,
         "time_to_eps": time_to_eps(traj, eps) if per_feature else None,
+        **({"warnings": warnings} if warnings else {}),
         **extra,
     }
+
+
+GREW = 10.0  # final / initial loss above which a finished run is flagged
+
+
+def loss_warnings(traj: Trajectory) -> list[str]:
+    """What a finished run's numbers say is wrong though every update stayed finite: the loss ending more than
+    :data:`GREW` times above where it started (a step size past the stable range, blowing up slowly)."""
+    first, last = float(traj.loss[0]), float(traj.loss[-1])
+    if np.isfinite(last) and last > GREW * first:
+        return [f"the loss grew from {first:.3g} at step {int(traj.steps[0])} to {last:.3g} at step "
+                f"{int(traj.steps[-1])}: train.lr is likely past the stable range for this setting"]
+    return []
 
 
 def has_features(traj: Trajectory) -> bool:

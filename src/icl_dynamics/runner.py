@@ -14,26 +14,28 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint
-from .config import RunConfig, with_overrides
+from .config import RunConfig
 from .data import feature_probs
 from .engines import build_engine, engine_spec
+from .evaluate import eval_config, eval_watch
 from .errors import Interrupted, RunDirError, StorageError
 from .fsio import DirLock, clip
 from .storage import (atomic_write_json, check_run_dir, is_finished, load_config_file, prepare_run_dir,
                       remove_stale_temps, run_status, save_npz, write_config, write_run_dir)
 from .schedule import stop_rule
 from .trainer import TrainResult, TrainState, fault_step_from_env, log_schedule, train
+from .trajectory import to_arrays
 
 
 def execute(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> TrainResult:
     """Train ``cfg`` and write its run directory. The summary says ``running`` until the run ends, so an
     interrupted directory never looks finished."""
     fault_step_from_env()  # a malformed fault aid fails before anything is written
-    engine = build_engine(cfg)  # may refuse the config: before --out is touched
+    engine, watch = build_engine(cfg), eval_watch(cfg)  # may refuse the config: before --out is touched
     with DirLock(out):
         out = prepare_run_dir(out, overwrite)
         write_config(out, cfg)
-        return _train_into(cfg, out, progress=progress, engine=engine)
+        return _train_into(cfg, out, progress=progress, engine=engine, watch=watch)
 
 
 def resume(run_dir: str | Path, *, progress: bool = True) -> TrainResult:
@@ -67,7 +69,7 @@ def _mark(out: Path, summary: dict[str, Any]) -> None:
 
 
 def _train_into(cfg: RunConfig, out: Path, *, progress: bool, start: TrainState | None = None,
-                engine=None) -> TrainResult:
+                engine=None, watch=None) -> TrainResult:
     started = time.time()
     hint = {"resume": f"icl-dynamics train --resume {out}"}
     try:
@@ -80,22 +82,20 @@ def _train_into(cfg: RunConfig, out: Path, *, progress: bool, start: TrainState 
 
         phases = None
         report = {}
+        watch = watch or eval_watch(cfg)
         if cfg.train.method == "flow":  # fast and deterministic: no checkpoints
             from .flow import run_flow
 
-            result, phases, report["flow"] = run_flow(engine, cfg)
+            result, phases, report["flow"] = run_flow(engine, cfg, watch=watch)
         else:
             every, min_seconds = checkpoint.interval(cfg)
             result = train(engine, log_schedule(cfg.train.steps, cfg.train.log_every), progress=progress,
                            fault_step=fault_step_from_env(), start=start, checkpoint_every=every,
-                           on_checkpoint=save, min_checkpoint_seconds=min_seconds, stop=stop_rule(cfg))
+                           on_checkpoint=save, min_checkpoint_seconds=min_seconds, stop=stop_rule(cfg), watch=watch)
         report.update(engine_spec(engine.name).report(engine, result.params))
-        if cfg.eval:  # the out-of-distribution curves of the eval: block, from the logged rows
-            from .evaluate import eval_trajectory
-            from .trajectory import to_arrays
-
-            ev = eval_trajectory(cfg, engine, result.trajectory)
-            save_npz(out / "eval_trajectory.npz", to_arrays(ev, feature_probs(with_overrides(cfg, dict(cfg.eval)).data)))
+        if result.watched is not None:  # the eval: block's curves, logged at the run's own rows
+            ev = result.watched
+            save_npz(out / "eval_trajectory.npz", to_arrays(ev, feature_probs(eval_config(cfg).data)))
             report["eval"] = {"changes": dict(cfg.eval), "final_loss": float(ev.loss[-1]),
                               "final_feature_loss": [float(x) for x in ev.feature_loss[-1]]}
         write_run_dir(out, cfg, result, started, report, phases, **({"resumed_from": start.step} if start else {}))

@@ -313,8 +313,8 @@ def load_params(run_dir: Path, template: Any) -> Any:
 
     p = run_dir / "params.npz"
     if not p.exists():
-        raise RunDirError(f"run directory '{clip(run_dir)}' has no params.npz (runs of versions before 0.2 "
-                          f"did not keep their parameters)")
+        raise RunDirError(f"run directory '{clip(run_dir)}' has no params.npz: its final parameters were not "
+                          f"kept (the run did not finish, or an older version of icl-dynamics wrote it)")
     leaves, treedef = jax.tree.flatten(template)
     want = {f"param_{i}": (tuple(np.shape(x)), "f") for i, x in enumerate(leaves)}
     arrays = load_npz_checked(p, want, max_bytes=memory_ceiling())

@@ -56,6 +56,21 @@ class TrainResult(NamedTuple):
     params: Any
     status: str  # "completed" | "diverged"
     diverged_at: int | None  # the step whose update was non-finite
+    watched: Trajectory | None = None  # the watch engine's metrics at the same rows (the eval: block)
+
+
+class Watch(NamedTuple):
+    """Metrics of another engine logged beside the run's own, on the run's parameters at every logged row:
+    ``observe(static, consts, params)`` of an engine with the same parameter shapes (the ``eval:`` block's
+    distribution). ``observe`` and ``static`` are compile-time constants, ``consts`` traced values."""
+
+    observe: Callable
+    static: Any
+    consts: Any
+
+    @classmethod
+    def of(cls, engine: Engine) -> Watch:
+        return cls(engine.observe, engine.static, engine.consts)
 
 
 class TrainState(NamedTuple):
@@ -68,18 +83,21 @@ class TrainState(NamedTuple):
     params: Any
     rows: Trajectory
     opt_state: Any = None  # None: the optimizer's initial state (right for stateless GD)
+    watched: Trajectory | None = None  # the Watch's rows so far, when the run has one
 
 
 def _all_finite(tree) -> jnp.ndarray:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def scan_rows(grad, observe, optimizer, static, consts, lr, state, step, targets, fault_step=None):
+def scan_rows(grad, observe, optimizer, static, consts, lr, state, step, targets, fault_step=None, watch=None,
+              watch_consts=None):
     """Step the optimizer up to each of ``targets`` (R,) in turn and observe there.
 
     ``state`` is (params, optimizer state). Returns (state, step, ok) after the last target and per-row
-    (step (R,), Metrics with leading R). ``ok`` turns False on the first non-finite update; the state then
-    stays at the last finite one.
+    (step (R,), Metrics with leading R, and the watch's Metrics or None). ``watch`` is (observe, static) of
+    a :class:`Watch`, ``watch_consts`` its consts. ``ok`` turns False on the first non-finite update; the state
+    then stays at the last finite one.
     """
     tx = optimizer.transform(lr)
 
@@ -96,7 +114,9 @@ def scan_rows(grad, observe, optimizer, static, consts, lr, state, step, targets
 
     def row(carry, target):
         carry = jax.lax.while_loop(lambda c: c[2] & (c[1] < target), one_step, carry)
-        return carry, (carry[1], observe(static, consts, carry[0][0]))
+        params = carry[0][0]
+        watched = None if watch is None else watch[0](watch[1], watch_consts, params)
+        return carry, (carry[1], observe(static, consts, params), watched)
 
     init = (state, jnp.asarray(step, jnp.int64), jnp.asarray(True))
     return jax.lax.scan(row, init, targets)
@@ -104,7 +124,7 @@ def scan_rows(grad, observe, optimizer, static, consts, lr, state, step, targets
 
 # The functions, the optimizer and ``static`` are hashable compile-time constants; consts, lr, the state and
 # targets are traced values, so new lr / probabilities / seeds reuse the compiled code.
-_STATIC = ("grad", "observe", "optimizer", "static", "fault_step")
+_STATIC = ("grad", "observe", "optimizer", "static", "fault_step", "watch")
 advance = jax.jit(scan_rows, static_argnames=_STATIC)
 
 
@@ -153,8 +173,11 @@ def _deferred_signals(enabled: bool) -> Iterator[list[int]]:
 def train(engine: Engine, schedule: np.ndarray, *, progress: bool = True, fault_step: int | None = None,
           description: str = "train", start: TrainState | None = None, checkpoint_every: int | None = None,
           on_checkpoint: Callable[[TrainState, str], None] | None = None,
-          min_checkpoint_seconds: float = 0.0, stop: StopAtEps | None = None) -> TrainResult:
+          min_checkpoint_seconds: float = 0.0, stop: StopAtEps | None = None,
+          watch: Watch | None = None) -> TrainResult:
     """Run ``engine`` through every step in ``schedule`` (which starts at 0).
+
+    With ``watch``, its metrics are logged at every row too (``TrainResult.watched``, kept in checkpoints).
 
     ``start`` continues from a saved :class:`TrainState`. With ``on_checkpoint``, the state is handed to
     it (reason ``"periodic"``) at the first chunk boundary past each multiple of ``checkpoint_every``
@@ -164,33 +187,40 @@ def train(engine: Engine, schedule: np.ndarray, *, progress: bool = True, fault_
     """
     with jax.enable_x64(True):
         return _train(engine, schedule, progress, fault_step, description, start, checkpoint_every,
-                      on_checkpoint, min_checkpoint_seconds, stop)
+                      on_checkpoint, min_checkpoint_seconds, stop, watch)
+
+
+def _stacked(rows: list, which: int) -> Trajectory | None:
+    """The logged chunks' ``which`` metrics (1: the run's, 2: the watch's) as one Trajectory."""
+    return None if rows[0][which] is None else stack_rows([r[0] for r in rows], [r[which] for r in rows])
 
 
 def _train(engine, schedule, progress, fault_step, description, start, checkpoint_every, on_checkpoint,
-           min_checkpoint_seconds, stop) -> TrainResult:
+           min_checkpoint_seconds, stop, watch) -> TrainResult:
     total = int(schedule[-1])
     state, step, ok, first, rows = initial_state(engine), 0, True, 0, []
     if start is not None:
         opt = state[1] if start.opt_state is None else start.opt_state
         state = jax.tree.map(jnp.asarray, (start.params, opt))
         step, first = int(start.step), int(start.index)
-        rows.append((start.rows.steps, Metrics(*(start.rows[1:]))))
+        rows.append((start.rows.steps, Metrics(*(start.rows[1:])),
+                     None if watch is None else Metrics(*(start.watched[1:]))))
     last_saved, last_time = step, time.monotonic()
     crossed = None if stop is None or start is None else stop.crossing(start.rows.steps, start.rows.feature_loss)
 
     def saved(i: int) -> TrainState:
         params, opt_state = jax.device_get(state)
-        return TrainState(i, step, params, stack_rows(*zip(*rows)), opt_state)
+        return TrainState(i, step, params, _stacked(rows, 1), opt_state, _stacked(rows, 2))
 
     with progress_bar(progress) as bar, _deferred_signals(on_checkpoint is not None) as signals:
         task = bar.add_task(description, total=total, completed=step)
         for i in range(first, len(schedule), CHUNK_ROWS):
-            (state, step_arr, ok_arr), (row_steps, metrics) = advance(
+            (state, step_arr, ok_arr), (row_steps, metrics, watched) = advance(
                 engine.grad, engine.observe, engine.optimizer, engine.static, engine.consts, engine.lr, state, step,
-                padded_chunk(schedule, i), fault_step=fault_step)
+                padded_chunk(schedule, i), fault_step=fault_step, watch=None if watch is None else watch[:2],
+                watch_consts=None if watch is None else watch.consts)
             step, ok = int(step_arr), bool(ok_arr)
-            rows.append((np.asarray(row_steps), jax.device_get(metrics)))
+            rows.append((np.asarray(row_steps), *jax.device_get((metrics, watched))))
             bar.update(task, completed=step)
             done = i + CHUNK_ROWS
             if not ok or done >= len(schedule):
@@ -209,8 +239,8 @@ def _train(engine, schedule, progress, fault_step, description, start, checkpoin
                     and time.monotonic() - last_time >= min_checkpoint_seconds:
                 on_checkpoint(saved(done), "periodic")
                 last_saved, last_time = step, time.monotonic()
-    traj = stack_rows(*zip(*rows))
-    return TrainResult(traj, state[0], "completed" if ok else "diverged", None if ok else step + 1)
+    return TrainResult(_stacked(rows, 1), state[0], "completed" if ok else "diverged", None if ok else step + 1,
+                       _stacked(rows, 2))
 
 
 def initial_state(engine: Engine):
@@ -218,13 +248,15 @@ def initial_state(engine: Engine):
     return engine.init, engine.optimizer.transform(engine.lr).init(engine.init)
 
 
-def _batched(grad, observe, optimizer, static, consts, lr, state, step, targets, fault_step=None):
-    """:func:`scan_rows` vmapped over the leading axis of consts, lr, state and step (targets shared)."""
+def _batched(grad, observe, optimizer, static, consts, lr, state, step, targets, fault_step=None, watch=None,
+             watch_consts=None):
+    """:func:`scan_rows` vmapped over the leading axis of consts, lr, state, step and watch_consts (targets
+    shared)."""
 
-    def one(c, r, st, s):
-        return scan_rows(grad, observe, optimizer, static, c, r, st, s, targets, fault_step)
+    def one(c, r, st, s, wc):
+        return scan_rows(grad, observe, optimizer, static, c, r, st, s, targets, fault_step, watch, wc)
 
-    return jax.vmap(one)(consts, lr, state, step)
+    return jax.vmap(one)(consts, lr, state, step, watch_consts)
 
 
 # Like advance: a sweep worker compiles once per batch structure and reuses the code for later batches.
@@ -253,7 +285,7 @@ def train_batched(engines: list[Engine], schedule: np.ndarray, fault_step: int |
         step = np.zeros(len(engines), np.int64)
         steps, metrics = [], []
         for i in range(0, len(schedule), CHUNK_ROWS):
-            (state, step, ok), (row_steps, rows) = batched_advance(
+            (state, step, ok), (row_steps, rows, _) = batched_advance(
                 e0.grad, e0.observe, e0.optimizer, e0.static, consts, lr, state, step, padded_chunk(schedule, i),
                 fault_step=fault_step)
             steps.append(np.asarray(row_steps))

@@ -31,6 +31,7 @@ def configure_train(p):
 def train(args) -> int:
     from ..config import load_config
     from ..errors import Interrupted
+    from ..measures import loss_warnings
     from ..runner import execute, resume
 
     if args.resume is not None:
@@ -57,6 +58,8 @@ def train(args) -> int:
                               f"try a smaller train.lr")
     s = result.trajectory
     print(f"done: {len(s.steps)} logged steps, final loss {s.loss[-1]:.4g}; run directory {args.out}")
+    for w in loss_warnings(s):
+        print(f"icl-dynamics: warning: {w}", file=sys.stderr)
     return 0
 
 

@@ -70,8 +70,6 @@ class EngineSpec(NamedTuple):
       gives identical runs, and the sweep says so)
     - ``general(engine) -> Engine``: the engine without shortcuts that hold only along its own training
       (e.g. symmetry from its initial parameters), for evaluating arbitrary parameters
-    - ``from_scores(engine, scores (K, K)) -> params or None``: the parameters a logged row stands for, where
-      the log determines them (the ``eval:`` block evaluates them again on another distribution)
     """
 
     build: Callable[["RunConfig"], Engine]
@@ -81,7 +79,6 @@ class EngineSpec(NamedTuple):
     report: Callable[[Engine, Any], dict] = lambda engine, params: {}
     ignored: Callable[["RunConfig"], set] = lambda cfg: set()
     general: Callable[[Engine], Engine] = lambda engine: engine
-    from_scores: Callable[[Engine, Any], Any] = lambda engine, scores: None
 
 
 def engine_spec(name: str) -> EngineSpec:

@@ -239,6 +239,5 @@ def general(engine: Engine) -> Engine:
     return engine._replace(static=engine.static._replace(groups=None))
 
 
-ENGINES.register("population")(EngineSpec(build, shape_key, sizes, report=report, ignored=ignored, general=general,
-                                          from_scores=lambda engine, scores: scores))
+ENGINES.register("population")(EngineSpec(build, shape_key, sizes, report=report, ignored=ignored, general=general))
 

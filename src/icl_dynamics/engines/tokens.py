@@ -125,14 +125,4 @@ def ignored(cfg: RunConfig) -> set[str]:
     return {"train.expectation", "train.count_samples", "train.max_exact_table", "train.quadrature_nodes"}
 
 
-def from_scores(engine: Engine, scores):
-    """Q from a logged scores row: from Q = 0 every gradient is a sum of v_m v_n^T, so Q = V A V^T, and
-    scores^T = V^T Q V = S A S with S = V^T V gives A = S^-1 scores^T S^-1."""
-    V = engine.consts.V
-    S = V.T @ V
-    A = jnp.linalg.solve(S, jnp.linalg.solve(S, scores.T).T).T
-    return V @ A @ V.T
-
-
-ENGINES.register("tokens")(EngineSpec(build, shape_key, sizes, rng_key=lambda consts: consts.key, ignored=ignored,
-                                      from_scores=from_scores))
+ENGINES.register("tokens")(EngineSpec(build, shape_key, sizes, rng_key=lambda consts: consts.key, ignored=ignored))
