@@ -170,3 +170,22 @@ def test_injected_nan_exit_3_partial_trajectory(tmp_path, monkeypatch, capsys, e
     assert run.trajectory.steps[-1] == fault - 1
     assert all(np.all(np.isfinite(a)) for a in run.trajectory)
     assert not (out / "checkpoint.npz").exists()
+
+
+def test_batched_watch_equals_one_run_at_a_time():
+    """train_batched with one Watch per member (the eval: block in a sweep) gives each member's own
+    trajectory and watched rows as train does alone: the same float64 arithmetic under vmap, to 1e-13
+    relative, 1e-15 absolute for entries that are round-off around 0 (vmap may reorder reductions)."""
+    from icl_dynamics.evaluate import eval_watch
+    from icl_dynamics.trainer import train_batched
+
+    cfgs = [load_config(None, ["data.num_features=4", "train.expectation=mean_field", "train.steps=400",
+                               f"train.lr={lr}", "eval={data.probs: balanced, data.prompt_length: 64}"])
+            for lr in (0.5, 1.0)]
+    schedule = log_schedule(400)
+    batch = train_batched([build_engine(c) for c in cfgs], schedule, watches=[eval_watch(c) for c in cfgs])
+    for c, got in zip(cfgs, batch):
+        want = train(build_engine(c), schedule, progress=False, watch=eval_watch(c))
+        for a, b in zip((*got.trajectory, *got.watched), (*want.trajectory, *want.watched)):
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    assert not np.allclose(batch[0].watched.loss, batch[1].watched.loss)  # the members differ

@@ -272,36 +272,43 @@ def structure(engine: Engine, schedule: np.ndarray) -> tuple:
 
 
 def train_batched(engines: list[Engine], schedule: np.ndarray, fault_step: int | None = None,
-                  stop: StopAtEps | None = None) -> list[TrainResult]:
+                  stop: StopAtEps | None = None, watches: list[Watch] | None = None) -> list[TrainResult]:
     """Train engines of one :func:`structure` as one vmapped computation: the one vmapped path, used by
     sweeps, reproduce and the benchmarks. Chunks of CHUNK_ROWS rows, as :func:`train`. Results in input
     order; ``params`` are the final parameters (None for a member that ``stop`` ended before the batch:
-    its trajectory is cut where :func:`train` would have stopped it, its parameters went on)."""
+    its trajectory is cut where :func:`train` would have stopped it, its parameters went on). ``watches``:
+    one :class:`Watch` per engine, of one structure too (``TrainResult.watched``)."""
     e0 = engines[0]
     with jax.enable_x64(True):
         stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)  # noqa: E731
         consts, lr = stack([e.consts for e in engines]), stack([e.lr for e in engines])
         state = stack([initial_state(e) for e in engines])
+        watch_consts = None if watches is None else stack([w.consts for w in watches])
         step = np.zeros(len(engines), np.int64)
-        steps, metrics = [], []
+        steps, metrics, watched = [], [], []
         for i in range(0, len(schedule), CHUNK_ROWS):
-            (state, step, ok), (row_steps, rows, _) = batched_advance(
+            (state, step, ok), (row_steps, rows, w_rows) = batched_advance(
                 e0.grad, e0.observe, e0.optimizer, e0.static, consts, lr, state, step, padded_chunk(schedule, i),
-                fault_step=fault_step)
+                fault_step=fault_step, watch=None if watches is None else watches[0][:2], watch_consts=watch_consts)
             steps.append(np.asarray(row_steps))
             metrics.append(jax.device_get(rows))
+            watched.append(jax.device_get(w_rows))
             if not np.any(np.asarray(ok)) or (stop is not None and all(
                     k is not None for k in _stops(stop, steps, metrics, len(engines)))):
                 break
         params, step, ok = jax.device_get((state[0], step, ok))
     keep = _stops(stop, steps, metrics, len(engines)) if stop is not None else [None] * len(engines)
     out = []
+
+    def member(chunks, i, cut):
+        return stack_rows([s[i] for s in steps[cut]], [Metrics(*(np.asarray(x[i]) for x in m)) for m in chunks[cut]])
+
     for i in range(len(engines)):
         cut = slice(None) if keep[i] is None else slice(0, keep[i] // CHUNK_ROWS)
-        traj = stack_rows([s[i] for s in steps[cut]], [Metrics(*(np.asarray(x[i]) for x in m)) for m in metrics[cut]])
         fine = bool(ok[i]) or keep[i] is not None and keep[i] < CHUNK_ROWS * len(steps)
         p = None if keep[i] is not None and keep[i] < CHUNK_ROWS * len(steps) else jax.tree.map(lambda x: x[i], params)
-        out.append(TrainResult(traj, p, "completed" if fine else "diverged", None if fine else int(step[i]) + 1))
+        out.append(TrainResult(member(metrics, i, cut), p, "completed" if fine else "diverged",
+                               None if fine else int(step[i]) + 1, None if watches is None else member(watched, i, cut)))
     return out
 
 
