@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,6 +20,7 @@ from helpers import gd
 from icl_dynamics.cli import main
 from icl_dynamics.data import feature_probs
 from icl_dynamics.errors import SweepError
+from icl_dynamics.evaluate import evaluate_run
 from icl_dynamics.storage import load_run
 from icl_dynamics.sweeps import expand, load_spec, load_sweep, run_sweep
 from icl_dynamics.sweeps.plan import plan_batches
@@ -88,6 +90,20 @@ BAD_SPECS = [
     ({"grid": {"train.lr": 0.1}}, "grid 'train.lr' must be a list"),
     ({"base": {"train.steps": 0}, "grid": {"seed": [0]}}, "sweep base: invalid value for 'train.steps'"),
     ({"grid": {"seed": [0]}, "seeds": 2}, "not both"),
+    # no grid point supplies the matrix 'gram' needs: the base is wrong at every point, so it is named
+    ({"base": {"data.features": "gram"}, "grid": {"seed": [0, 1]}},
+     "error: sweep base: invalid value for 'data.features': 'gram' needs data.feature_gram"),
+    # the axis supplies a matrix, but one that does not fit the base's K: the grid point is named
+    ({"base": {"data.features": "gram", "data.num_features": 3}, "grid": {"data.feature_gram": [[[1, 0], [0, 1]]]}},
+     "error: invalid value for 'data.feature_gram': 2 x 2 but num_features is 3 (grid point data.feature_gram="),
+    # a base value wrong for its key on its own is refused, even where every grid point replaces it
+    ({"base": {"seed": -1}, "grid": {"seed": [0, 1]}}, "error: sweep base: invalid value for 'seed'"),
+    # d = 2 fits K = 2 but not K = 3: the base is fine at one point, so the other is named
+    ({"base": {"data.dim": 2, "data.num_features": 4}, "grid": {"data.num_features": [2, 3]}},
+     "error: invalid value for 'data.dim': d=2 must be >= num_features K=3 (grid point data.num_features=3)"),
+    # the base is complete at the first point, so the second (no matrix) is the one at fault
+    ({"base": {"data.features": "gram", "data.num_features": 2}, "grid": {"data.feature_gram": [[[1, 0], [0, 1]], None]}},
+     "'gram' needs data.feature_gram (a K x K matrix) (grid point data.feature_gram=None)"),
 ]
 
 
@@ -123,7 +139,8 @@ def test_vmap_path_equals_sequential_path(local_sweep):
         run = load_run(out / "runs" / row["config_hash"])
         cfg = run.config
         assert cfg.hash() == row["config_hash"]
-        seq = run_training(cfg, progress=False).trajectory  # the plain, one-run trainer
+        res = run_training(cfg, progress=False)  # the plain, one-run trainer
+        seq = res.trajectory
         vm = run.trajectory
         np.testing.assert_array_equal(vm.steps, seq.steps)
         # Same float64 operations; vmap may batch reductions in another order, a few ulps (~1e-16) per step.
@@ -132,6 +149,13 @@ def test_vmap_path_equals_sequential_path(local_sweep):
         for name in ("loss", "feature_loss", "scores", "attention"):
             np.testing.assert_allclose(getattr(vm, name), getattr(seq, name), rtol=1e-11, atol=1e-14, err_msg=name)
         np.testing.assert_allclose(row["final_loss"], seq.loss[-1], rtol=1e-11)
+        # params.npz as 'train' writes it: param_0 .. in the order of the parameters' pytree leaves, the same
+        # values up to the round-off allowed above
+        with np.load(out / "runs" / row["config_hash"] / "params.npz") as kept:
+            leaves = jax.tree.leaves(res.params)
+            assert sorted(kept.files) == [f"param_{i}" for i in range(len(leaves))]
+            for i, leaf in enumerate(leaves):
+                np.testing.assert_allclose(kept[f"param_{i}"], np.asarray(leaf), rtol=1e-11, atol=1e-14)
         if cfg.train.expectation == "exact":
             # independent numpy GD on the exact population loss (tests/helpers.py; spec sections 4-5)
             p = feature_probs(cfg.data)
@@ -159,6 +183,35 @@ def test_dask_local_cluster_gives_the_same_numbers(local_sweep, tmp_path):
     # inputs: bit-identical numbers are expected, not just close ones
     pd.testing.assert_frame_equal(dist[["config_hash", *DERIVED]], local[["config_hash", *DERIVED]])
     assert sorted(p.name for p in (tmp_path / "dask" / "runs").iterdir()) == sorted(local["config_hash"])
+    for h in local["config_hash"]:  # the parameters come back from the workers too, bit-identical
+        assert (tmp_path / "dask" / "runs" / h / "params.npz").read_bytes() == \
+            (local_sweep[0] / "runs" / h / "params.npz").read_bytes()
+
+
+def test_kept_runs_can_be_evaluated(local_sweep, capsys):
+    """runs/<hash>/params.npz holds the final parameters: evaluate on the training distribution observes them
+    as the last logged row did (same float64 computation), so it gives the row's final_loss again."""
+    out, df = local_sweep
+    for _, row in df.iterrows():
+        got = evaluate_run(out / "runs" / row["config_hash"], {})["loss"]
+        assert got == pytest.approx(row["final_loss"], rel=1e-12, abs=1e-15)
+    first = df.iloc[0]
+    assert main(["evaluate", str(out / "runs" / first["config_hash"])]) == 0
+    assert capsys.readouterr().out.startswith(f"loss {first['final_loss']:.6g} on the training distribution\n")
+
+
+def test_a_run_stopped_before_its_batch_keeps_its_own_final_parameters(tmp_path):
+    """Under stop_at_eps the batch goes on after a member stopped, so the batch's final parameters are not
+    that member's: the worker trains it alone to the same stop. p1 = 0.5 and 0.7 reach eps at different
+    steps (the two final_step values differ), and evaluate gives each run's final_loss again."""
+    spec = {"base": {"data.prompt_length": 32, "train.expectation": "mean_field", "train.steps": 3000,
+                     "data.num_features": 3, "train.stop_at_eps": True},
+            "grid": {"data.dominant_prob": [0.5, 0.7]}, "keep_trajectories": True}
+    df = run_sweep(spec, tmp_path / "s", workers=1, progress=False)
+    assert list(df["batch_runs"]) == [2, 2] and df["final_step"].nunique() == 2
+    for _, row in df.iterrows():
+        got = evaluate_run(tmp_path / "s" / "runs" / row["config_hash"], {})["loss"]
+        assert got == pytest.approx(row["final_loss"], rel=1e-12, abs=1e-15)
 
 
 # ------------------------------------------------------------------------------------------- storage
@@ -195,10 +248,13 @@ def test_resume_after_kill_9(tmp_path):
 def test_divergence_is_recorded_per_run(tmp_path, monkeypatch):
     monkeypatch.setenv("ICL_DYNAMICS_FAULT", "nan@5")  # poisons the update that produces step 5
     df = run_sweep({"base": {"train.expectation": "mean_field", "train.steps": 20, "data.num_features": 3},
-                    "grid": {"train.lr": [0.5, 1.0]}},
+                    "grid": {"train.lr": [0.5, 1.0]}, "keep_trajectories": True},
                    tmp_path / "div", workers=1, progress=False)
     assert list(df["status"]) == ["diverged"] * 2
     assert list(df["diverged_at"]) == [5, 5] and list(df["final_step"]) == [4, 4]  # last finite step kept
+    for _, row in df.iterrows():  # and its parameters: those of the last finite step, the last logged row
+        got = evaluate_run(tmp_path / "div" / "runs" / row["config_hash"], {})["loss"]
+        assert got == pytest.approx(row["final_loss"], rel=1e-12, abs=1e-15)
 
 
 # ------------------------------------------------------------------------------------------- figures
@@ -270,3 +326,21 @@ def test_sweep_keeps_a_dim_set_in_its_base(tmp_path):
                     "grid: {data.num_features: [2, 4]}\n")
     dims = sorted((r.config.data.num_features, r.config.data.dim) for r in expand(load_spec(spec)))
     assert dims == [(2, 4), (4, 4)]
+
+
+def test_a_base_completed_by_the_grid_is_accepted(tmp_path):
+    """data.features: gram in the base is complete only with a data.feature_gram from the grid: the sweep
+    validates base + point, as the runs use it. With Gram = I, V = U L^T = U is the orthonormal frame, so that
+    run is the paper's setting: its final loss equals a plain orthonormal run's (float64 round-off)."""
+    grams = [[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.5], [0.5, 1.0]]]
+    base = {"data.num_features": 2, "train.expectation": "mean_field", "train.steps": 50}
+    path = tmp_path / "gram.yaml"
+    path.write_text(yaml.safe_dump({"base": {"data.features": "gram", **base}, "grid": {"data.feature_gram": grams}}))
+    assert [r.config.data.feature_gram for r in expand(load_spec(path))] == grams
+    assert main(["sweep", str(path), "--out", str(tmp_path / "s"), "--workers", "1", "--quiet"]) == 0
+    df = load_sweep(tmp_path / "s")
+    assert len(df) == 2
+    plain = run_training(expand(load_spec({"base": base, "grid": {"seed": [0]}}))[0].config, progress=False)
+    assert df["final_loss"][0] == pytest.approx(plain.trajectory.loss[-1], rel=1e-12)
+    # correlated features (off-diagonal 0.5) interfere: a different run, slower here
+    assert df["final_loss"][1] > 2 * df["final_loss"][0]

@@ -3,6 +3,7 @@ validated run config per grid point (docs/sweeps.md)."""
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -128,8 +129,37 @@ class PlannedRun(NamedTuple):
     hash: str
 
 
+def _own_base_error(tree: dict[str, Any], flat_base: dict[str, Any]) -> str | None:
+    """An error of the base that no grid point can mend: a value that is wrong for its key on its own (its
+    type or range, or an unknown key), named as ``validate`` names it, even where every grid point replaces
+    it. None when the base fails only as a whole: values that must fit together (``data.features: gram`` and
+    ``data.feature_gram``, d >= K) may be completed by the grid."""
+    try:
+        RunConfig.model_validate(tree)
+    except ValidationError as e:
+        for err in e.errors():
+            loc = [str(p) for p in err["loc"]]
+            key = next((k for n in range(len(loc), 0, -1) if (k := ".".join(loc[:n])) in flat_base), None)
+            if key is None:  # a check across values (a model validator's error names a section, or nothing)
+                continue
+            alone: dict[str, Any] = {}
+            set_dotted(alone, key, flat_base[key])
+            try:
+                validate(alone)
+            except ConfigError as own:
+                return str(own)
+    except (TypeError, ValueError, OverflowError):  # pragma: no cover - pydantic wraps most
+        return None
+    return None
+
+
 def expand(spec: SweepSpec) -> list[PlannedRun]:
-    """Every grid point as a validated config, in grid order; configs with equal hashes appear once."""
+    """Every grid point as a validated config, in grid order; configs with equal hashes appear once.
+
+    What is validated is what each run will use: the base merged with the grid point. A base that is only
+    complete with the grid's values (``data.features: gram`` with ``data.feature_gram`` as an axis) is
+    accepted. A base value wrong on its own (:func:`_own_base_error`), or a base that fails with its own error
+at every grid point, is one ``sweep base: ...`` line; any other failure names its grid point."""
     tree: dict[str, Any] = {}
     flat_base = flatten(spec.base)
     derived = {k: v for k, v in flat_base.items() if is_derived(v)}  # computed per grid point (derived.py)
@@ -137,9 +167,12 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
         if key not in derived:
             set_dotted(tree, key, value)
     try:
-        base = validate(tree)
+        base: RunConfig | None = validate(tree)
+        base_error = None
     except ConfigError as e:
-        raise SweepError(f"sweep base: {e}") from None
+        if (own := _own_base_error(tree, flat_base)) is not None:  # no grid point can mend it
+            raise SweepError(f"sweep base: {own}") from None
+        base, base_error = None, str(e)  # perhaps only incomplete without the grid: judged per grid point below
     for k, v in spec.grid.items():
         _check_key(k, v)
     axes = {k: _axis_values(k, v) for k, v in spec.grid.items()}  # each axis is counted before it is made
@@ -149,29 +182,50 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
     if spec.seeds is not None:
         axes["seed"] = list(range(spec.seeds))
     if not axes:
+        if base_error is not None:
+            raise SweepError(f"sweep base: {base_error}")
         raise SweepError("the grid is empty; give at least one axis under 'grid:' (or 'seeds:')")
     keys = list(axes)
-    # a d set in the base stays fixed; otherwise with_overrides keeps d tied to K
-    pinned = {"data.dim": base.data.dim} if "data.dim" in flat_base else {}
+    # a d set in the base stays fixed; otherwise with_overrides keeps d tied to K (a tree without data.dim
+    # resolves d = K by itself)
+    pinned = {"data.dim": base.data.dim} if base is not None and "data.dim" in flat_base else {}
+
+    def merged(values: dict[str, Any]) -> RunConfig:
+        if base is not None:
+            return with_overrides(base, {**pinned, **values})
+        point_tree = copy.deepcopy(tree)
+        for key, value in values.items():
+            set_dotted(point_tree, key, value)
+        return validate(point_tree)
+
     runs: dict[str, PlannedRun] = {}
+    first_error: tuple[str, bool] | None = None  # (the first failing point's error, whether it is the base's own)
     ints = int_keys()
     for i, combo in enumerate(np.ndindex(*(len(axes[k]) for k in keys))):
         point = {k: axes[k][j] for k, j in zip(keys, combo)}
         later = {**derived, **{k: v for k, v in point.items() if is_derived(v)}}
         try:
-            cfg = with_overrides(base, {**pinned, **{k: v for k, v in point.items() if k not in later}})
+            cfg = merged({k: v for k, v in point.items() if k not in later})
             if later:
                 cfg = with_overrides(cfg, resolve(cfg, later, ints))
         except ConfigError as e:
             shown = ", ".join(f"{k}={v!r}" for k, v in point.items())
-            raise SweepError(f"{e} (grid point {shown})") from None
+            error = f"{e} (grid point {shown})"
+            if base_error is None or runs:  # the base is fine (alone or at an earlier point): this point is wrong
+                raise SweepError(error) from None
+            if first_error is None:  # the base may be wrong at every point: look for one where it is not
+                first_error = (error, str(e) == base_error)
+            continue
         except (ArithmeticError, ValueError, TypeError) as e:  # e.g. a derived int too large for a float
             shown = ", ".join(f"{k}={clip(v, 60)!s}" for k, v in later.items())
             raise SweepError(f"derived value {shown} cannot be computed ({type(e).__name__})") from None
+        if first_error is not None:  # the base is fine here, so the earlier failing point is the one to name
+            raise SweepError(first_error[0])
         h = cfg.hash()
         runs.setdefault(h, PlannedRun(i, cfg, h))
+    if first_error is not None:  # no point passed: the base's own error, or the first point's
+        raise SweepError(f"sweep base: {base_error}" if first_error[1] else first_error[0])
     return list(runs.values())
-
 
 
 def idle_axes(spec: SweepSpec, runs: list[PlannedRun]) -> list[str]:

@@ -159,12 +159,14 @@ def rebuild(out: Path, known: set[str] | None = None, notes: list[str] | None = 
     return rows
 
 
-def write_run_dir_of(out: Path, cfg: RunConfig, arrays: dict[str, np.ndarray], row: dict[str, Any]) -> None:
-    """runs/<config_hash>/, exactly as ``train`` writes a run directory, before the batch's rows are
-    committed, so a kill in between only means the batch runs again and rewrites it."""
+def write_run_dir_of(out: Path, cfg: RunConfig, arrays: dict[str, np.ndarray], row: dict[str, Any],
+                     params: Any = None) -> None:
+    """runs/<config_hash>/, exactly as ``train`` writes a run directory (with ``params``, the final
+    parameters, its params.npz: ``evaluate`` reads them), before the batch's rows are committed, so a kill in
+    between only means the batch runs again and rewrites it."""
     path = prepare_run_dir(safe_dir(out, RUNS_DIR) / row["config_hash"], overwrite=True)
     write_config(path, cfg)
-    result = TrainResult(from_arrays(arrays), None, row["status"], row["diverged_at"])
+    result = TrainResult(from_arrays(arrays), params, row["status"], row["diverged_at"])
     write_run_dir(path, cfg, result, time.time() - row["wall_time_s"])
 
 

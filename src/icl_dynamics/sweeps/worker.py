@@ -7,6 +7,7 @@ import time
 from collections import defaultdict
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from ..config import validate
@@ -14,16 +15,18 @@ from ..data import feature_probs
 from ..engines import build_engine
 from ..measures import sweep_row
 from ..schedule import stop_rule
-from ..trainer import fault_step_from_env, log_schedule, structure, train_batched
+from ..trainer import fault_step_from_env, log_schedule, structure, train, train_batched
 from ..trajectory import to_arrays
 
 
 class Outcome(NamedTuple):
     """One run of a batch: its sweep row (measures.sweep_row, plus batch_runs and wall_time_s) and, when
-    trajectories are kept, the arrays of its trajectory.npz."""
+    trajectories are kept, the arrays of its trajectory.npz and its final parameters (a numpy pytree of the
+    engine's parameters, for params.npz)."""
 
     row: dict[str, Any]
     trajectory: dict[str, np.ndarray] | None
+    params: Any = None
 
 
 def run_batch(configs: list[dict[str, Any]], keep_trajectories: bool = False) -> list[Outcome]:
@@ -48,6 +51,12 @@ def run_batch(configs: list[dict[str, Any]], keep_trajectories: bool = False) ->
         for i, res in zip(idx, train_batched([engines[i] for i in idx], schedules[idx[0]], fault,
                                              stop_rule(cfgs[idx[0]]))):
             trained[i] = (res, len(idx))
+    if keep_trajectories:
+        for i, (res, vmapped) in list(trained.items()):
+            if res.params is None:  # stopped at eps before its batch, whose parameters went on: train it alone,
+                # as 'train' would, to the same stop (the same logged rows), for its final parameters
+                alone = train(engines[i], schedules[i], progress=False, fault_step=fault, stop=stop_rule(cfgs[i]))
+                trained[i] = (res._replace(params=alone.params), vmapped)
     per_run_s = (time.time() - started) / len(cfgs)
     out = []
     for i, cfg in enumerate(cfgs):
@@ -55,5 +64,6 @@ def run_batch(configs: list[dict[str, Any]], keep_trajectories: bool = False) ->
         probs = feature_probs(cfg.data)
         row = sweep_row(cfg, res.trajectory, probs, res.status, res.diverged_at, flows.get(i))
         row.update(batch_runs=vmapped, wall_time_s=per_run_s)
-        out.append(Outcome(row, to_arrays(res.trajectory, probs) if keep_trajectories else None))
+        kept = (to_arrays(res.trajectory, probs), jax.device_get(res.params)) if keep_trajectories else (None, None)
+        out.append(Outcome(row, *kept))
     return out
