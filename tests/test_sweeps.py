@@ -344,3 +344,22 @@ def test_a_base_completed_by_the_grid_is_accepted(tmp_path):
     assert df["final_loss"][0] == pytest.approx(plain.trajectory.loss[-1], rel=1e-12)
     # correlated features (off-diagonal 0.5) interfere: a different run, slower here
     assert df["final_loss"][1] > 2 * df["final_loss"][0]
+
+
+def test_an_eval_block_in_the_base_logs_every_runs_eval_curves(tmp_path):
+    """An eval: block in the sweep's base is every run's (vmapped: trainer.Watch per member): the table gets
+    eval_final_loss, each kept run its eval_trajectory.npz, and both equal evaluate of the run's parameters on
+    the eval distribution (the same observation compiled elsewhere: 1e-12 relative)."""
+    spec = {"base": {"data.num_features": 3, "data.prompt_length": 16, "train.expectation": "mean_field",
+                     "train.steps": 300, "eval": {"data": {"probs": "balanced", "prompt_length": 64}}},
+            "grid": {"data.dominant_prob": [0.5, 0.8]}, "keep_trajectories": True}
+    df = run_sweep(spec, tmp_path / "s", workers=1, progress=False)
+    assert list(df["batch_runs"]) == [2, 2]
+    changes = {"data.probs": "balanced", "data.prompt_length": 64}
+    for _, row in df.iterrows():
+        run = tmp_path / "s" / "runs" / row["config_hash"]
+        want = evaluate_run(run, changes)["loss"]
+        assert row["eval_final_loss"] == pytest.approx(want, rel=1e-12)
+        with np.load(run / "eval_trajectory.npz") as z:
+            assert z["loss"][-1] == pytest.approx(want, rel=1e-12)
+    assert df["eval_final_loss"].nunique() == 2

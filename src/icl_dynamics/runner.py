@@ -15,16 +15,14 @@ from typing import Any
 
 from . import checkpoint
 from .config import RunConfig
-from .data import feature_probs
 from .engines import build_engine, engine_spec
-from .evaluate import eval_config, eval_watch
+from .evaluate import eval_watch
 from .errors import Interrupted, RunDirError, StorageError
 from .fsio import DirLock, clip
 from .storage import (atomic_write_json, check_run_dir, is_finished, load_config_file, prepare_run_dir,
-                      remove_stale_temps, run_status, save_npz, write_config, write_run_dir)
+                      remove_stale_temps, run_status, write_config, write_run_dir)
 from .schedule import stop_rule
 from .trainer import TrainResult, TrainState, fault_step_from_env, log_schedule, train
-from .trajectory import to_arrays
 
 
 def execute(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> TrainResult:
@@ -95,7 +93,6 @@ def _train_into(cfg: RunConfig, out: Path, *, progress: bool, start: TrainState 
         report.update(engine_spec(engine.name).report(engine, result.params))
         if result.watched is not None:  # the eval: block's curves, logged at the run's own rows
             ev = result.watched
-            save_npz(out / "eval_trajectory.npz", to_arrays(ev, feature_probs(eval_config(cfg).data)))
             report["eval"] = {"changes": dict(cfg.eval), "final_loss": float(ev.loss[-1]),
                               "final_feature_loss": [float(x) for x in ev.feature_loss[-1]]}
         write_run_dir(out, cfg, result, started, report, phases, **({"resumed_from": start.step} if start else {}))

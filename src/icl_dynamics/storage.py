@@ -183,9 +183,10 @@ def write_config(path: Path, cfg: RunConfig) -> None:
 def write_run_dir(out: Path, cfg: RunConfig, result: TrainResult, started: float,
                   engine_report: dict[str, Any] | None = None, phases: dict | None = None,
                   **manifest_extra: Any) -> None:
-    """The outputs of a finished (or diverged) run: trajectory.npz, params.npz, metrics.parquet,
-    phases.json, manifest.json, and summary.json last, the commit point (config.yaml is written when the
-    run starts; the caller removes the checkpoint after this)."""
+    """The outputs of a finished (or diverged) run: trajectory.npz, params.npz, eval_trajectory.npz (the
+    ``eval:`` block's rows, ``result.watched``), metrics.parquet, phases.json, manifest.json, and summary.json
+    last, the commit point (config.yaml is written when the run starts; the caller removes the checkpoint
+    after this)."""
     import time
 
     probs = feature_probs(cfg.data)
@@ -195,6 +196,11 @@ def write_run_dir(out: Path, cfg: RunConfig, result: TrainResult, started: float
         import jax
 
         save_npz(out / "params.npz", {f"param_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(result.params))})
+    if result.watched is not None:
+        from .config import with_overrides
+
+        eval_probs = feature_probs(with_overrides(cfg, dict(cfg.eval)).data)
+        save_npz(out / "eval_trajectory.npz", to_arrays(result.watched, eval_probs))
     save_parquet(out / "metrics.parquet", metrics_table(traj, probs))
     if not has_features(traj):  # Gaussian tokens: no features, hence no phases
         phases = {"setting": "no features", "eps": cfg.eps, "features": [],

@@ -263,12 +263,14 @@ def _batched(grad, observe, optimizer, static, consts, lr, state, step, targets,
 batched_advance = jax.jit(_batched, static_argnames=_STATIC)
 
 
-def structure(engine: Engine, schedule: np.ndarray) -> tuple:
-    """Engines with equal structure (code, static options, array shapes, schedule) can be trained together
-    by :func:`train_batched`."""
-    leaves, treedef = jax.tree.flatten((engine.consts, engine.init))
+def structure(engine: Engine, schedule: np.ndarray, watch: Watch | None = None) -> tuple:
+    """Engines with equal structure (code, static options, array shapes, schedule, and their watches') can be
+    trained together by :func:`train_batched`."""
+    trees = (engine.consts, engine.init, None if watch is None else watch.consts)
+    leaves, treedef = jax.tree.flatten(trees)
     return (engine.name, engine.static, engine.grad, engine.observe, engine.optimizer, treedef,
-            tuple((np.shape(x), str(np.asarray(x).dtype)) for x in leaves), schedule.tobytes())
+            tuple((np.shape(x), str(np.asarray(x).dtype)) for x in leaves), schedule.tobytes(),
+            None if watch is None else watch[:2])
 
 
 def train_batched(engines: list[Engine], schedule: np.ndarray, fault_step: int | None = None,

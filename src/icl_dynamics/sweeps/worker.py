@@ -13,6 +13,7 @@ import numpy as np
 from ..config import validate
 from ..data import feature_probs
 from ..engines import build_engine
+from ..evaluate import eval_config, eval_watch
 from ..measures import sweep_row
 from ..schedule import stop_rule
 from ..trainer import fault_step_from_env, log_schedule, structure, train, train_batched
@@ -20,20 +21,22 @@ from ..trajectory import to_arrays
 
 
 class Outcome(NamedTuple):
-    """One run of a batch: its sweep row (measures.sweep_row, plus batch_runs and wall_time_s) and, when
-    trajectories are kept, the arrays of its trajectory.npz and its final parameters (a numpy pytree of the
-    engine's parameters, for params.npz)."""
+    """One run of a batch: its sweep row (measures.sweep_row, plus batch_runs and wall_time_s, and the eval:
+    block's final loss where there is one) and, when trajectories are kept, the arrays of its trajectory.npz,
+    its final parameters (a numpy pytree of the engine's parameters, for params.npz) and the eval block's
+    rows (eval_trajectory.npz)."""
 
     row: dict[str, Any]
     trajectory: dict[str, np.ndarray] | None
     params: Any = None
+    watched: dict[str, np.ndarray] | None = None
 
 
 def run_batch(configs: list[dict[str, Any]], keep_trajectories: bool = False) -> list[Outcome]:
     """Train a batch of runs (config dicts, as sent to workers) with ``vmap``; one Outcome per run, in order."""
     started = time.time()
     cfgs = [validate(c) for c in configs]
-    engines = [build_engine(c) for c in cfgs]
+    engines, watches = [build_engine(c) for c in cfgs], [eval_watch(c) for c in cfgs]
     schedules = [log_schedule(c.train.steps, c.train.log_every) for c in cfgs]
     subgroups: dict[tuple, list[int]] = defaultdict(list)
     flows: dict[int, dict] = {}
@@ -42,14 +45,15 @@ def run_batch(configs: list[dict[str, Any]], keep_trajectories: bool = False) ->
         if cfgs[i].train.method == "flow":  # an adaptive solve per run: nothing to vmap
             from ..flow import run_flow
 
-            result, flows[i], _ = run_flow(e, cfgs[i])
+            result, flows[i], _ = run_flow(e, cfgs[i], watch=watches[i])
             trained[i] = (result, 1)
         else:
-            subgroups[(structure(e, s), stop_rule(cfgs[i]))].append(i)
+            subgroups[(structure(e, s, watches[i]), stop_rule(cfgs[i]))].append(i)
     fault = fault_step_from_env()
     for idx in subgroups.values():
+        watched = None if watches[idx[0]] is None else [watches[i] for i in idx]
         for i, res in zip(idx, train_batched([engines[i] for i in idx], schedules[idx[0]], fault,
-                                             stop_rule(cfgs[idx[0]]))):
+                                             stop_rule(cfgs[idx[0]]), watched)):
             trained[i] = (res, len(idx))
     if keep_trajectories:
         for i, (res, vmapped) in list(trained.items()):
@@ -64,6 +68,9 @@ def run_batch(configs: list[dict[str, Any]], keep_trajectories: bool = False) ->
         probs = feature_probs(cfg.data)
         row = sweep_row(cfg, res.trajectory, probs, res.status, res.diverged_at, flows.get(i))
         row.update(batch_runs=vmapped, wall_time_s=per_run_s)
-        kept = (to_arrays(res.trajectory, probs), jax.device_get(res.params)) if keep_trajectories else (None, None)
-        out.append(Outcome(row, *kept))
+        if res.watched is not None:
+            row["eval_final_loss"] = float(res.watched.loss[-1])
+        ev = None if res.watched is None else to_arrays(res.watched, feature_probs(eval_config(cfg).data))
+        kept = (to_arrays(res.trajectory, probs), jax.device_get(res.params), ev) if keep_trajectories else ()
+        out.append(Outcome(row, *kept) if kept else Outcome(row, None))
     return out
