@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.container import ErrorbarContainer  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from icl_dynamics import plots, style  # noqa: E402
 from icl_dynamics.cli import main  # noqa: E402
@@ -19,8 +20,12 @@ MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF-", "svg": b"<?xml"}
 
 
 def _legend_rows(ax) -> list[str]:
+    """The axes' legend entries and the figure-level legends' line entries (a legend placed outside the axes;
+    patch entries are the shaded phases, not lines)."""
     leg = ax.get_legend()
-    return [] if leg is None else [t.get_text() for t in leg.get_texts()]
+    rows = [] if leg is None else [t.get_text() for t in leg.get_texts()]
+    return rows + [t.get_text() for lg in ax.figure.legends for h, t in zip(lg.legend_handles, lg.get_texts())
+                   if isinstance(h, Line2D)]
 
 
 def check_figure(fig, name: str) -> None:
@@ -131,3 +136,28 @@ def test_plot_out_that_is_a_file_is_one_line(tmp_path, capsys):
     rc = main(["plot", str(out), "--out", str(out / "config.yaml")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "not a directory" in err[0]
+
+
+def test_eval_curve_legend_is_outside_and_whole(tmp_path, monkeypatch):
+    """feature_loss of a run with an eval: block: the legend sits below the axes (it covers no curve) and inside
+    the figure (no label cut); the legend names 'the eval: data', the title gives the change in full with the
+    trained value."""
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--quiet", "--set", "data.num_features=4", "--set",
+                 "data.prompt_length=16", "--set", "train.steps=60", "--set", "eval={data.prompt_length: 64}"]) == 0
+    drawn = []
+    monkeypatch.setattr(plots, "save_formats", lambda fig, stem, formats: drawn.append((stem.name, fig)) or [])
+    plots.plot_run(load_run(out), tmp_path / "figs")
+    fig = dict(drawn)["feature_loss"]
+    check_figure(fig, "feature_loss")
+    ax = fig.axes[0]
+    assert ax.get_legend() is None and ax.get_title() == "eval: prompt_length = 64 (trained: 16)"
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    box, whole = ax.get_window_extent(r), fig.bbox
+    curves = [lg for lg in fig.legends if any(isinstance(h, Line2D) for h in lg.legend_handles)]
+    assert len(curves) == 1 and "loss $L$ on the eval: data" in [t.get_text() for t in curves[0].get_texts()]
+    leg = curves[0].get_window_extent(r)
+    assert leg.y1 <= box.y0 and leg.y0 >= whole.y0 and leg.x0 >= whole.x0 and leg.x1 <= whole.x1
+    for _, f in drawn:
+        plt.close(f)

@@ -10,12 +10,13 @@ import pytest
 
 from icl_dynamics.cli import main
 from icl_dynamics.config import RunConfig, with_overrides
+from icl_dynamics.data import feature_probs
 from icl_dynamics.engines import build_engine
 from icl_dynamics.reproduce import CLAIMS, FIGURES, FILES, QUICK, prepare_output, reproduce, write_report
-from icl_dynamics.reproduce import documents, figures, figures_sweeps
+from icl_dynamics.reproduce import documents, figures, figures_sweeps, robustness
 from icl_dynamics.reproduce.machinery import fit_power, padded, unpad
 from icl_dynamics.reproduce.orders import SATURATION, WINDOW
-from icl_dynamics.trainer import log_schedule, train
+from icl_dynamics.trainer import log_schedule, run_training, train
 
 from test_plots import check_figure
 
@@ -228,11 +229,47 @@ def test_robustness_section(quick):
     rob = results["robustness"]
     paper = rob["rows"][0]
     assert paper["dominant_first"] and paper["minor_phases"] == 4 and paper["minor_time"] is not None
+    assert paper["minor_phases_text"] == "4 of 4" and paper["dominant_first_text"] == "yes"
     for r in rob["rows"]:
-        assert 0 <= r["minor_phases"] <= 4
+        assert 0 <= r["minor_phases"] <= 4 and r["minor_phases_text"].startswith(f"{r['minor_phases']} of 4")
+        assert r["engine"] == "population / exact"  # --quick: population cases only
         if r["minor_time"] is not None:
             assert abs(r["minor_ratio"] - r["minor_time"] / paper["minor_time"]) < 1e-12
+    noise = next(r for r in rob["rows"] if r["relaxation"] == "label noise 0.5")  # the floor is above eps
+    assert noise["minor_time"] is None and noise["dominant_first_text"] == "yes (minor never reaches eps)"
+    assert noise["minor_phases"] < 4 and "IV not reached" in noise["minor_phases_text"]
     assert set(rob["sweeps"]) == {"model.init_scale", "data.label_noise"}
     md = (out / "report.md").read_text()
     assert "does the stage-wise picture survive" in md and all(r["relaxation"] in md for r in rob["rows"])
     assert (out / "figures" / "robustness.png").stat().st_size > 10_000
+
+
+def test_robustness_rows_say_where_the_phases_do_not_apply():
+    """Linear attention (normalised scores, not a softmax): no phase count, the cell says why; neither feature
+    reaches eps in 40 steps, and the table says so rather than a bare NO. The section's table carries the text."""
+    cfg = with_overrides(RunConfig(), {"data.num_features": 4, "data.prompt_length": 8, "data.dominant_prob": 0.5,
+                                       "train.expectation": "enumerate", "model.attention": "linear",
+                                       "train.steps": 40})
+    res = run_training(cfg, progress=False)
+    m = robustness.measure(res.trajectory, feature_probs(cfg.data), cfg.eps, cfg.model.attention)
+    assert m["minor_phases"] is None and m["minor_phases_text"] == "n/a: attention not a softmax (linear)"
+    assert m["dominant_time"] is None and m["minor_time"] is None
+    assert m["dominant_first"] is None and m["dominant_first_text"] == "neither reaches eps"
+    row = {"relaxation": "linear attention", "engine": robustness.engine_label(cfg), **m,
+           "dominant_ratio": None, "minor_ratio": None}
+    sw = {"x": [0.0], "minor_time": [None], "minor_phases_text": ["4 of 4"], "dominant_first_text": ["yes"]}
+    blocks = robustness.section({"K": 4, "N": 8, "p1": 0.5, "steps": 40, "rows": [row], "sweeps": {"s": sw}})
+    table = next(b for b in blocks if b[0] == "table")
+    assert table[2] == [["linear attention", "population / enumerate", "neither reaches eps",
+                         "n/a: attention not a softmax (linear)", "not reached", "not reached"]]
+
+
+def test_robustness_cases():
+    """AdamW carries a weight decay that makes it differ from Adam, and says so in its label; the transformer
+    engine is labelled without the expectation knob (which only the population engine has)."""
+    cases = {name: case for name, _, case in robustness.CASES}
+    adamw = next(n for n in cases if n.startswith("AdamW"))
+    assert cases[adamw]["train.optimizer_args"] == {"weight_decay": 0.1} and "weight decay 0.1" in adamw
+    assert robustness.engine_label(with_overrides(RunConfig(), robustness.TRANSFORMER)) == "transformer"
+    assert robustness.engine_label(RunConfig()) == "population / exact"
+    assert robustness.CASES[0][1] == "paper" and {g for _, g, _ in robustness.CASES[1:]} <= set(figures_sweeps.GROUPS)

@@ -7,7 +7,7 @@ one colour (the minor features) is one line with breaks, so that each line has o
 
 from __future__ import annotations
 
-import io
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -19,25 +19,17 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullFormatter  # noqa: E402
 
 from . import style  # noqa: E402
+from .config import flatten  # noqa: E402
 from .data import setting_of  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .storage import Run  # noqa: E402
 from .trajectory import Trajectory  # noqa: E402
 
-FORMATS = ("png", "pdf", "svg")
+FORMATS, check_formats, save, save_formats = style.FORMATS, style.check_formats, style.save, style.save_formats
 # names that are files, not folders: 'plot --out fig.png' is refused rather than made a folder
 FILE_SUFFIXES = {".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".gif", ".webp",
                  ".html", ".json", ".txt", ".csv", ".npz", ".yaml", ".yml"}
 DOMINANT, MINOR, BALANCED = style.DOMINANT, style.MINOR, style.BALANCED
-
-
-def check_formats(formats) -> tuple[str, ...]:
-    """The requested figure formats, deduplicated in order; UserError for an unknown one."""
-    out = tuple(dict.fromkeys(str(f).lower().lstrip(".") for f in (formats or ("png",))))
-    bad = [f for f in out if f not in FORMATS]
-    if bad:
-        raise UserError(f"--format '{bad[0]}' is not one of {', '.join(FORMATS)}")
-    return out
 
 
 def check_out_dir(out: str | Path) -> Path:
@@ -116,7 +108,17 @@ def run_bounds(run: Run, k: int | None = None) -> list[float | None]:
     return [p["end"] for p in f["phases"]]
 
 
-def plot_feature_loss(ax, run: Run, eps: float) -> None:
+def eval_caption(run: Run, width: int = 52) -> str:
+    """The eval: block's changes with the trained values ('eval: prompt_length = 64 (trained: 16)'), wrapped:
+    the title of the figure whose legend names only 'the eval: data'."""
+    trained = flatten(run.config.to_dict())
+    return textwrap.fill("eval: " + ", ".join(f"{k.split('.')[-1]} = {v} (trained: {trained.get(k)})"
+                                              for k, v in run.config.eval.items()), width)
+
+
+def plot_feature_loss(ax, run: Run, eps: float, legend: bool = True) -> None:
+    """Per-feature losses, the loss, eps, and the eval: block's loss where the run has one (its changes in the
+    axes title). ``legend`` False: the caller places the legend (plot_run: below the axes)."""
     t = run.trajectory
     dom, rest = feature_groups(run.probs)
     x = x_of(t.steps)
@@ -129,14 +131,15 @@ def plot_feature_loss(ax, run: Run, eps: float) -> None:
     from .storage import load_eval_trajectory
 
     ev = load_eval_trajectory(run.path, len(run.probs))
-    if ev is not None:  # the eval: block's distribution, beside the training one
-        changes = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in run.config.eval.items())
-        ax.plot(x_of(ev.steps), ev.loss, color="tab:purple", lw=1.2, ls="-.", label=f"loss $L$ on {changes}")
+    if ev is not None:  # the eval: block's distribution, beside the training one; its changes in the title
+        ax.plot(x_of(ev.steps), ev.loss, color="tab:purple", lw=1.2, ls="-.", label="loss $L$ on the eval: data")
+        ax.set_title(eval_caption(run), fontsize=8)
     ax.axhline(eps, color=style.THEORY, ls=":", lw=1.0, label=rf"$\epsilon$ = {eps:g}")
     ax.set_yscale("log")
     ax.set_ylabel(r"feature loss $L_k$")
     step_axis(ax, t.steps[-1])
-    ax.legend(loc="lower left")
+    if legend:
+        ax.legend(loc="lower left")
 
 
 def plot_own_attention(ax, run: Run) -> None:
@@ -227,35 +230,6 @@ def default_heatmap_steps(traj: Trajectory, n: int = 4) -> list[int]:
     return sorted({int(round(s)) for s in targets})
 
 
-def save(fig, path: str | Path, dpi: int = style.DPI) -> Path:
-    """Write ``fig`` atomically in the format of ``path``'s suffix (the folder must exist) and close it."""
-    from .storage import atomic_write_bytes
-
-    path = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format=(path.suffix.lstrip(".") or "png").lower(), dpi=dpi, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    plt.close(fig)
-    return path
-
-
-def save_formats(fig, stem: str | Path, formats=("png",), dpi: int = style.DPI) -> list[Path]:
-    """Write ``fig`` as stem.<format> for every format; returns the paths."""
-    from .storage import atomic_write_bytes
-
-    stem = Path(stem)  # its folder comes from safe_dir / prepare_owned_dir: never made here
-    paths = []
-    for fmt in check_formats(formats):
-        buf = io.BytesIO()
-        # constrained layout already fits the figure: no second draw for a tight bounding box
-        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches=None if fig.get_layout_engine() else "tight")
-        path = stem.with_name(f"{stem.name}.{fmt}")
-        atomic_write_bytes(path, buf.getvalue())
-        paths.append(path)
-    plt.close(fig)
-    return paths
-
-
 def phase_legend(fig, patches: list[Patch], title: str) -> None:
     """One legend row (two in a one-column figure) for the shaded phases, above the panels."""
     if patches:
@@ -285,11 +259,15 @@ def plot_run(run: Run, out_dir: str | Path | None = None, heatmap_steps: list[in
     title = f"phases of feature {k + 1}" if k is not None else "phases (median over features)"
     paths: list[Path] = []
     with style.context():
-        for name, draw in (("feature_loss", lambda ax: plot_feature_loss(ax, run, run.config.eps)),
+        for name, draw in (("feature_loss", lambda ax: plot_feature_loss(ax, run, run.config.eps, legend=False)),
                            ("attention_own", lambda ax: plot_own_attention(ax, run)),
                            ("scores", lambda ax: plot_scores(ax, run, minor_feature))):
-            fig, ax = plt.subplots(figsize=style.figsize(style.COLUMN, height=2.6), layout="constrained")
+            below = name == "feature_loss"  # its legend below the axes: no curve hidden, no label cut
+            fig, ax = plt.subplots(figsize=style.figsize(style.COLUMN, height=3.4 if below else 2.6),
+                                   layout="constrained")
             draw(ax)
+            if below:
+                fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2)
             phase_legend(fig, shade_phases(ax, bounds), title)
             paths += save_formats(fig, out / name, formats)
         steps = heatmap_steps or default_heatmap_steps(run.trajectory)

@@ -1,4 +1,5 @@
-"""One figure style for every matplotlib figure of the package: sizes for a two-column paper, fonts, colours.
+"""One figure style for every matplotlib figure of the package: sizes for a two-column paper, fonts, colours,
+and the files a figure is written to (:func:`save_formats`: png, pdf, svg).
 
 Widths follow a two-column layout (one column 3.4 in, the full page 7.0 in); fonts are 8 pt (9 pt titles),
 so a figure placed at its natural width needs no rescaling. Figures are drawn inside :func:`context`.
@@ -6,13 +7,17 @@ so a figure placed at its natural width needs no rescaling. Figures are drawn in
 
 from __future__ import annotations
 
+import io
 from contextlib import contextmanager
 from collections.abc import Iterator
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from .errors import UserError  # noqa: E402
 
 COLUMN = 3.4  # in, one column of a two-column paper
 FULL = 7.0  # in, the full page width
@@ -22,6 +27,7 @@ DPI = 200  # PNG resolution: sharp at the widths above
 DOMINANT, MINOR, BALANCED = "#c0392b", "#2c7fb8", "#238b45"
 PHASE_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52")
 PHASE_NAMES = ("I", "II", "III", "IV")
+FORMATS = ("png", "pdf", "svg")
 THEORY = "0.35"  # grey of theory reference lines
 
 RC = {
@@ -61,3 +67,41 @@ def context() -> Iterator[None]:
 def figsize(width: float = COLUMN, rows: float = 1.0, height: float | None = None) -> tuple[float, float]:
     """(width, height) in inches: ``rows`` rows of panels of height ``ROW`` unless ``height`` is given."""
     return width, height if height is not None else ROW * rows
+
+
+def check_formats(formats) -> tuple[str, ...]:
+    """The requested figure formats, deduplicated in order; UserError for an unknown one."""
+    out = tuple(dict.fromkeys(str(f).lower().lstrip(".") for f in (formats or ("png",))))
+    bad = [f for f in out if f not in FORMATS]
+    if bad:
+        raise UserError(f"--format '{bad[0]}' is not one of {', '.join(FORMATS)}")
+    return out
+
+
+def save(fig, path: str | Path, dpi: int = DPI) -> Path:
+    """Write ``fig`` atomically in the format of ``path``'s suffix (the folder must exist) and close it."""
+    from .storage import atomic_write_bytes
+
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=(path.suffix.lstrip(".") or "png").lower(), dpi=dpi, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+    plt.close(fig)
+    return path
+
+
+def save_formats(fig, stem: str | Path, formats=("png",), dpi: int = DPI) -> list[Path]:
+    """Write ``fig`` as stem.<format> for every format; returns the paths."""
+    from .storage import atomic_write_bytes
+
+    stem = Path(stem)  # its folder comes from safe_dir / prepare_owned_dir: never made here
+    paths = []
+    for fmt in check_formats(formats):
+        buf = io.BytesIO()
+        # constrained layout already fits the figure: no second draw for a tight bounding box
+        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches=None if fig.get_layout_engine() else "tight")
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    plt.close(fig)
+    return paths

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
+from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
 from .. import style  # noqa: E402
 from ..plots import save_formats, step_axis, x_of  # noqa: E402
@@ -203,21 +204,53 @@ def fig_floor(results: dict[str, Any], stem: Path, formats) -> list[Path]:
         return save_formats(fig, stem, formats)
 
 
+# the robustness figure's panels: group -> (title, colour map of its family); the paper's model is in black
+GROUPS = {"transformer": ("literal transformer (sampled prompts)", "Blues"),
+          "optimizer": ("other optimizers", "Oranges"),
+          "attention": ("other attention (enumerated prompts)", "Greens"),
+          "data": ("other data (exact expectation)", "Purples"),
+          "other": ("other relaxations", "Greys")}
+LINESTYLES = ("-", "--", "-.", (0, (1, 1.2)), (0, (5, 1.5, 1, 1.5, 1, 1.5)), (0, (3, 1)))
+
+
 def fig_robustness(results: dict[str, Any], stem: Path, formats) -> list[Path]:
-    """The minor feature's loss under every relaxation, overlaid (the paper's model in black)."""
-    rob = results["robustness"]
+    """The minor feature's loss under every relaxation: one panel per group of relaxations (transformer,
+    optimizers, attention, data), each with the paper's model in black; a colour family per group and a line
+    style per case; each panel's legend below it, the paper's model and eps in one legend on top."""
+    rob, eps = results["robustness"], results["plan"]["eps"]
+    paper, groups = rob["rows"][0], {}
+    for r in rob["rows"][1:]:
+        g = r.get("group", "other")
+        groups.setdefault(g if g in GROUPS else "other", []).append(r)
+    order = [g for g in GROUPS if g in groups] or ["other"]
+    ncols = min(2, len(order))
+    nrows = -(-len(order) // ncols)
+    longest = max([len(v) for v in groups.values()] + [1])
     with style.context():
-        fig, ax = plt.subplots(figsize=style.figsize(style.FULL, height=3.2), layout="constrained")
-        cmap = plt.get_cmap("tab20")
-        for i, r in enumerate(rob["rows"]):
-            c = r["curve"]
-            paper = i == 0
-            ax.plot(x_of(np.asarray(c["steps"])), c["loss"], color="k" if paper else cmap(i % 20),
-                    lw=1.8 if paper else 0.9, label=r["relaxation"], zorder=3 if paper else 2)
-        ax.axhline(results["plan"]["eps"], color=style.THEORY, ls=":", lw=1.0, label=r"$\epsilon$")
-        ax.set_yscale("log")
-        step_axis(ax, rob["steps"])
-        ax.set_ylabel("minor feature loss $L_2$")
-        ax.set_title(f"imbalanced, K = {rob['K']}, p$_1$ = {rob['p1']:g}: each relaxation alone")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=6)
+        fig, axes = plt.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True, layout="constrained",
+                                 figsize=style.figsize(style.FULL, height=nrows * (1.9 + 0.13 * longest) + 0.45))
+        for ax in axes.flat[len(order):]:
+            ax.remove()
+        below = ScaledTranslation(0, -27 / 72, fig.dpi_scale_trans)  # under the tick labels and the x label
+        for ax, g in zip(axes.flat, order):
+            title, cmap = GROUPS[g]
+            rows = groups.get(g, [])
+            shades = plt.get_cmap(cmap)(np.linspace(0.95, 0.5, max(len(rows), 2)))
+            ref = ax.plot(x_of(np.asarray(paper["curve"]["steps"])), paper["curve"]["loss"], color="k", lw=1.6,
+                          zorder=3, label=f"{paper['relaxation']}, in every panel")
+            lines = [ax.plot(x_of(np.asarray(r["curve"]["steps"])), r["curve"]["loss"], color=shades[i],
+                             ls=LINESTYLES[i % len(LINESTYLES)], lw=1.1, label=r["relaxation"], zorder=2)[0]
+                     for i, r in enumerate(rows)]
+            line_eps = ax.axhline(eps, color=style.THEORY, ls=":", lw=0.9, zorder=1, label=f"$\\epsilon$ = {eps:g}")
+            ax.set_yscale("log")
+            step_axis(ax, rob["steps"])
+            ax.set_title(title)
+            ax.set_ylabel("minor feature loss $L_2$")
+            ax.tick_params(labelbottom=True, labelleft=True)
+            if lines:
+                ax.legend(handles=lines, loc="upper left", bbox_to_anchor=(0.0, 0.0), fontsize=7,
+                          bbox_transform=ax.transAxes + below)
+        fig.legend(handles=[ref[0], line_eps], loc="outside upper center", ncol=2, title_fontsize=9,
+                   title=f"imbalanced, K = {rob['K']}, N = {rob['N']}, p$_1$ = {rob['p1']:g}: the minor feature's "
+                         "loss under each relaxation alone")
         return save_formats(fig, stem, formats)
