@@ -48,8 +48,8 @@ CAPTIONS = {
     "floor": "Finding 2: the finite-N floor. Left: the minor feature's loss settling at the floor formula (mean "
              "field: no floor). Right: settled level against N, the formula, its bounds and the earlier "
              "1/2 (1 - p_k)^N.",
-    "robustness": "Beyond the paper: the minor feature's loss under each relaxation alone (the paper's model in "
-                  "black), against GD steps.",
+    "robustness": "Beyond the paper: the minor feature's loss under each relaxation alone, against GD steps; one "
+                  "panel per group of relaxations, each with the paper's model in black.",
 }
 
 
@@ -140,28 +140,10 @@ def _blocks(results: dict[str, Any], claims: list[dict], conc: float | None) -> 
 
 
 def _robustness(rob: dict | None) -> list[tuple]:
-    """The robustness section (robustness.py): each relaxation alone, measured against the paper's model."""
-    if not rob:
-        return []
-    def t(x, r):
-        return "not reached" if x is None else f"{x:.0f} ({r:.2f}x)" if r is not None else f"{x:.0f}"
+    """The robustness section (robustness.section): each relaxation alone, measured against the paper's model."""
+    from .robustness import section
 
-    rows = [[r["relaxation"], r["engine"], "yes" if r["dominant_first"] else "NO", f"{r['minor_phases']} of 4",
-             t(r["dominant_time"], r["dominant_ratio"]), t(r["minor_time"], r["minor_ratio"])] for r in rob["rows"]]
-    sweeps = [[key, ", ".join(f"{x:g}" for x in sw["x"]),
-               ", ".join("-" if m is None else f"{m:.0f}" for m in sw["minor_time"]),
-               ", ".join(str(n) for n in sw["minor_phases"]),
-               ", ".join("yes" if d else "NO" for d in sw["dominant_first"])] for key, sw in rob["sweeps"].items()]
-    return [("h2", "Beyond the paper: does the stage-wise picture survive each relaxation?"),
-            ("p", f"Imbalanced, K = {rob['K']}, N = {rob['N']}, p_1 = {rob['p1']:g}, {rob['steps']} steps, each "
-                  "relaxation alone (docs/relaxations.md). Measured, not expected: whether the dominant feature "
-                  "reaches eps first, how many of the minor feature's four phases (spec section 6) are non-empty "
-                  "(not reached or of zero length: not counted), and the times to eps against the paper's "
-                  "model. Transformer-engine runs train on sampled prompts and carry their noise."),
-            ("table", ["Relaxation", "Engine / expectation", "Dominant first", "Minor phases",
-                       "Dominant time to eps (x paper)", "Minor time to eps (x paper)"], rows),
-            ("table", ["Sweep", "Values", "Minor time to eps", "Minor phases non-empty", "Dominant first"], sweeps),
-            ("p", "Figure robustness.png overlays the minor feature's loss curve of every case.")]
+    return section(rob) if rob else []
 
 
 def _main_floors(mb: dict, plan: dict) -> list[tuple]:
