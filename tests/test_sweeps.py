@@ -3,6 +3,7 @@ per-run divergence, and the sweep figures."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -362,4 +363,6 @@ def test_an_eval_block_in_the_base_logs_every_runs_eval_curves(tmp_path):
         assert row["eval_final_loss"] == pytest.approx(want, rel=1e-12)
         with np.load(run / "eval_trajectory.npz") as z:
             assert z["loss"][-1] == pytest.approx(want, rel=1e-12)
+        engine = json.loads((run / "summary.json").read_text())["engine"]  # as train writes it
+        assert engine["expectation"] == "mean_field" and engine["eval"]["final_loss"] == row["eval_final_loss"]
     assert df["eval_final_loss"].nunique() == 2

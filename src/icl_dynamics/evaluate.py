@@ -37,6 +37,17 @@ def eval_watch(cfg: RunConfig):
     return Watch.of(engine_spec(cfg.train.engine).general(build_engine(eval_config(cfg))))
 
 
+def run_report(cfg: RunConfig, engine, result) -> dict[str, Any]:
+    """summary.json's ``engine`` entry of a finished run: the engine's own report (EngineSpec.report) and,
+    with an ``eval:`` block, its changes and final values."""
+    out = dict(engine_spec(engine.name).report(engine, result.params)) if result.params is not None else {}
+    if result.watched is not None:
+        ev = result.watched
+        out["eval"] = {"changes": dict(cfg.eval), "final_loss": float(ev.loss[-1]),
+                       "final_feature_loss": [float(x) for x in ev.feature_loss[-1]]}
+    return out
+
+
 def _shapes(tree) -> str:
     """'Q (4, 4)' or 'W_KQ (1, 5, 5), W_PV (1, 5, 5)': an engine's parameters (an array or a dict of them)."""
     if isinstance(tree, dict):

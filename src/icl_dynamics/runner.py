@@ -15,8 +15,8 @@ from typing import Any
 
 from . import checkpoint
 from .config import RunConfig
-from .engines import build_engine, engine_spec
-from .evaluate import eval_watch
+from .engines import build_engine
+from .evaluate import eval_watch, run_report
 from .errors import Interrupted, RunDirError, StorageError
 from .fsio import DirLock, clip
 from .storage import (atomic_write_json, check_run_dir, is_finished, load_config_file, prepare_run_dir,
@@ -90,11 +90,7 @@ def _train_into(cfg: RunConfig, out: Path, *, progress: bool, start: TrainState 
             result = train(engine, log_schedule(cfg.train.steps, cfg.train.log_every), progress=progress,
                            fault_step=fault_step_from_env(), start=start, checkpoint_every=every,
                            on_checkpoint=save, min_checkpoint_seconds=min_seconds, stop=stop_rule(cfg), watch=watch)
-        report.update(engine_spec(engine.name).report(engine, result.params))
-        if result.watched is not None:  # the eval: block's curves, logged at the run's own rows
-            ev = result.watched
-            report["eval"] = {"changes": dict(cfg.eval), "final_loss": float(ev.loss[-1]),
-                              "final_feature_loss": [float(x) for x in ev.feature_loss[-1]]}
+        report.update(run_report(cfg, engine, result))
         write_run_dir(out, cfg, result, started, report, phases, **({"resumed_from": start.step} if start else {}))
     except Interrupted as e:
         _mark(out, {"status": "interrupted", "signal": signal.Signals(e.signum).name, "step": e.step,

@@ -98,7 +98,7 @@ def _run_batches(out: Path, spec: SweepSpec, todo: list[Batch], done: set[str], 
                     continue
                 row = {"run": run.index, "config_hash": run.hash, **config_columns(run.config), **res.row}
                 if spec.keep_trajectories:
-                    write_run_dir_of(out, run.config, res.trajectory, row, res.params, res.watched)
+                    write_run_dir_of(out, run.config, res.trajectory, row, res.params, res.watched, res.report)
                 rows.append(row)
             if rows:
                 save_parquet(_part_path(out / ROWS_DIR, batch.id), table(rows))  # the commit point

@@ -160,15 +160,17 @@ def rebuild(out: Path, known: set[str] | None = None, notes: list[str] | None = 
 
 
 def write_run_dir_of(out: Path, cfg: RunConfig, arrays: dict[str, np.ndarray], row: dict[str, Any],
-                     params: Any = None, watched: dict[str, np.ndarray] | None = None) -> None:
+                     params: Any = None, watched: dict[str, np.ndarray] | None = None,
+                     report: dict[str, Any] | None = None) -> None:
     """runs/<config_hash>/, exactly as ``train`` writes a run directory (with ``params``, the final
-    parameters, its params.npz: ``evaluate`` reads them; with ``watched``, the eval: block's rows), before the
-    batch's rows are committed, so a kill in between only means the batch runs again and rewrites it."""
+    parameters, its params.npz: ``evaluate`` reads them; with ``watched``, the eval: block's rows; ``report``,
+    summary.json's engine entry), before the batch's rows are committed, so a kill in between only means the
+    batch runs again and rewrites it."""
     path = prepare_run_dir(safe_dir(out, RUNS_DIR) / row["config_hash"], overwrite=True)
     write_config(path, cfg)
     result = TrainResult(from_arrays(arrays), params, row["status"], row["diverged_at"],
                          None if watched is None else from_arrays(watched))
-    write_run_dir(path, cfg, result, time.time() - row["wall_time_s"])
+    write_run_dir(path, cfg, result, time.time() - row["wall_time_s"], report)
 
 
 def load_sweep(out: str | Path):

@@ -13,7 +13,7 @@ import numpy as np
 from ..config import validate
 from ..data import feature_probs
 from ..engines import build_engine
-from ..evaluate import eval_config, eval_watch
+from ..evaluate import eval_config, eval_watch, run_report
 from ..measures import sweep_row
 from ..schedule import stop_rule
 from ..trainer import fault_step_from_env, log_schedule, structure, train, train_batched
@@ -24,12 +24,13 @@ class Outcome(NamedTuple):
     """One run of a batch: its sweep row (measures.sweep_row, plus batch_runs and wall_time_s, and the eval:
     block's final loss where there is one) and, when trajectories are kept, the arrays of its trajectory.npz,
     its final parameters (a numpy pytree of the engine's parameters, for params.npz) and the eval block's
-    rows (eval_trajectory.npz)."""
+    rows (eval_trajectory.npz) and summary.json's engine report (as ``train`` writes it)."""
 
     row: dict[str, Any]
     trajectory: dict[str, np.ndarray] | None
     params: Any = None
     watched: dict[str, np.ndarray] | None = None
+    report: dict[str, Any] | None = None
 
 
 def run_batch(configs: list[dict[str, Any]], keep_trajectories: bool = False) -> list[Outcome]:
@@ -40,12 +41,13 @@ def run_batch(configs: list[dict[str, Any]], keep_trajectories: bool = False) ->
     schedules = [log_schedule(c.train.steps, c.train.log_every) for c in cfgs]
     subgroups: dict[tuple, list[int]] = defaultdict(list)
     flows: dict[int, dict] = {}
+    solver: dict[int, dict] = {}  # a flow run's solver statistics, for its report
     trained: dict[int, tuple] = {}
     for i, (e, s) in enumerate(zip(engines, schedules)):
         if cfgs[i].train.method == "flow":  # an adaptive solve per run: nothing to vmap
             from ..flow import run_flow
 
-            result, flows[i], _ = run_flow(e, cfgs[i], watch=watches[i])
+            result, flows[i], solver[i] = run_flow(e, cfgs[i], watch=watches[i])
             trained[i] = (result, 1)
         else:
             subgroups[(structure(e, s, watches[i]), stop_rule(cfgs[i]))].append(i)
@@ -71,6 +73,9 @@ def run_batch(configs: list[dict[str, Any]], keep_trajectories: bool = False) ->
         if res.watched is not None:
             row["eval_final_loss"] = float(res.watched.loss[-1])
         ev = None if res.watched is None else to_arrays(res.watched, feature_probs(eval_config(cfg).data))
-        kept = (to_arrays(res.trajectory, probs), jax.device_get(res.params), ev) if keep_trajectories else ()
-        out.append(Outcome(row, *kept) if kept else Outcome(row, None))
+        if keep_trajectories:
+            report = {**({"flow": solver[i]} if i in solver else {}), **run_report(cfg, engines[i], res)}
+            out.append(Outcome(row, to_arrays(res.trajectory, probs), jax.device_get(res.params), ev, report))
+        else:
+            out.append(Outcome(row, None))
     return out
