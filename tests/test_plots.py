@@ -161,3 +161,17 @@ def test_eval_curve_legend_is_outside_and_whole(tmp_path, monkeypatch):
     assert leg.y1 <= box.y0 and leg.y0 >= whole.y0 and leg.x0 >= whole.x0 and leg.x1 <= whole.x1
     for _, f in drawn:
         plt.close(f)
+
+
+def test_a_phase_of_zero_length_is_neither_shaded_nor_in_the_legend():
+    """Phase I ending at step 0 (a run whose minor feature starts in Phase II) has no span and no legend
+    entry; the phases after it keep their own names and colours; an unreached phase ends the shading."""
+    import matplotlib.pyplot as plt
+
+    from icl_dynamics.plots import shade_phases
+
+    fig, ax = plt.subplots()
+    patches = shade_phases(ax, [0, 24, 45, None])
+    assert [p.get_label() for p in patches] == ["Phase II", "Phase III"]
+    assert len(ax.patches) == 2
+    plt.close(fig)

@@ -81,13 +81,15 @@ def group_line(ax, x: np.ndarray, Y: np.ndarray, **kw):
 
 
 def shade_phases(ax, bounds: list[float | None]) -> list[Patch]:
-    """Shade consecutive phases (ends in steps, None: not reached); returns one legend patch per phase."""
+    """Shade consecutive phases (ends in steps, None: not reached); returns one legend patch per phase drawn
+    (a phase of zero length has neither)."""
     start, patches = 0.0, []
     for j, end in enumerate(bounds):
         if end is None:
             break
-        ax.axvspan(start + 1, end + 1, color=style.PHASE_COLORS[j], alpha=0.12, lw=0)
-        patches.append(Patch(color=style.PHASE_COLORS[j], alpha=0.25, label=f"Phase {style.PHASE_NAMES[j]}"))
+        if end > start:
+            ax.axvspan(start + 1, end + 1, color=style.PHASE_COLORS[j], alpha=0.12, lw=0)
+            patches.append(Patch(color=style.PHASE_COLORS[j], alpha=0.25, label=f"Phase {style.PHASE_NAMES[j]}"))
         start = end
     return patches
 
