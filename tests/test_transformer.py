@@ -17,7 +17,7 @@ from icl_dynamics.data import DataFlags, TokenBatch, sample_prompts
 from icl_dynamics.engines import build_engine
 from icl_dynamics.engines import tokens as tok
 from icl_dynamics.engines import transformer as tf
-from icl_dynamics.model import embed_tokens, head_matrices, literal_forward_heads, query_column
+from icl_dynamics.model import head_matrices, literal_forward_heads, query_column
 from icl_dynamics.trainer import log_schedule, train
 
 
@@ -86,7 +86,7 @@ def test_forward_equals_numpy_block_matrices(heads, params, include_query, atten
     X = rng.normal(size=(B, N + 1, d))
     w = rng.normal(size=(B, d))
     y = np.einsum("bnd,bd->bn", X[:, :-1], w)
-    T = embed_tokens(jnp.asarray(X), jnp.asarray(y))  # (B, N+1, d+1), query label 0
+    T = np.concatenate([X, np.concatenate([y, np.zeros((B, 1))], 1)[..., None]], -1)  # rows (x_i, y_i), (x_q, 0)
     E = np.swapaxes(np.asarray(T), 1, 2)  # (B, d+1, N+1) as in the paper
     assert np.all(E[:, d, N] == 0)
     want = np.stack([np_forward(E[b], w_kq, w_pv, include_query, attention) for b in range(B)])

@@ -166,9 +166,3 @@ def query_column(X: jnp.ndarray, y: jnp.ndarray, w_kq: jnp.ndarray, w_pv: jnp.nd
     mult = jnp.broadcast_to((jnp.arange(N + 1) < N + include_query).astype(X.dtype), logits.shape)
     a = ATTENTION[attention](logits, mult, jnp.zeros(logits.shape[:-1], logits.dtype), False)
     return jnp.sum(a * values, axis=(-2, -1)), a[..., : N + include_query]
-
-
-def embed_tokens(X: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
-    """Token-major embedding: X (B, N+1, d), y (B, N) -> (B, N+1, d+1), rows e_i = (x_i, y_i), e_q = (x_q, 0)."""
-    lab = jnp.concatenate([y, jnp.zeros((*y.shape[:-1], 1), y.dtype)], axis=-1)
-    return jnp.concatenate([X, lab[..., None]], axis=-1)
